@@ -1,0 +1,50 @@
+"""One place that turns errors into HTTP responses: `{"error": message, "detail": ...}`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rik.controller.errors import RikError
+
+log = logging.getLogger(__name__)
+
+
+def field_errors(errors: Any) -> list[dict[str, str]]:
+    """Pydantic's error list as `{"field": "spec.resources.memory", "message": ...}` items."""
+    out = []
+    for error in errors:
+        if error.get("type") == "json_invalid":
+            reason = error.get("ctx", {}).get("error", "invalid JSON")
+            position = error.get("loc", ("body", "?"))[-1]
+            out.append({"field": "(body)", "message": f"malformed JSON at character {position}: {reason}"})
+            continue
+        loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
+        out.append({"field": ".".join(loc) or "(body)", "message": str(error.get("msg", "invalid"))})
+    return out
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RikError)
+    async def rik_error(_request: Request, exc: RikError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = field_errors(exc.errors())
+        summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+        return JSONResponse({"error": f"invalid request: {summary}", "detail": details}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", extra={"path": request.url.path})
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)

@@ -1,0 +1,137 @@
+"""The work only one controller may do at a time: scheduling, noticing lost nodes, compacting the feed.
+
+Controllers sharing one database compete for a lease row; the holder renews it every tick, and when it
+dies another takes over once the lease expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import timedelta
+
+from prometheus_client import Counter as MetricCounter
+from prometheus_client import Gauge, Histogram
+
+from rik.controller import store
+from rik.controller.database import Database
+from rik.scheduler import NodeView, PendingInstance, plan
+
+log = logging.getLogger(__name__)
+
+LEASE = "controller-leader"
+
+IS_LEADER = Gauge("rik_controller_leader", "1 while this controller holds the leader lease")
+PLACEMENTS = MetricCounter("rik_scheduler_placements_total", "Instances bound to a node")
+UNSCHEDULABLE = Gauge("rik_scheduler_unschedulable", "Instances no node can take, at the last pass")
+PASS_SECONDS = Histogram("rik_scheduler_pass_seconds", "Duration of one scheduling pass")
+NODES_LOST = MetricCounter("rik_nodes_lost_total", "Nodes marked NotReady after missing heartbeats")
+
+
+@dataclass(frozen=True)
+class LeaderSettings:
+    identity: str
+    lease_ttl: float = 10.0
+    node_timeout: float = 15.0
+    tick: float = 0.5
+    events_kept: int = 100_000
+
+
+class LeaderLoop:
+    def __init__(self, db: Database, settings: LeaderSettings) -> None:
+        self.db = db
+        self.settings = settings
+        self.is_leader = False
+        self._wake = asyncio.Event()
+
+    def poke(self) -> None:
+        """Ask for a scheduling pass now rather than at the next tick."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        last_compaction = 0.0
+        while True:
+            try:
+                await self._step()
+                if self.is_leader and time.monotonic() - last_compaction > 60:
+                    async with self.db.transaction() as session:
+                        await store.compact_events(session, self.settings.events_kept)
+                    last_compaction = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("leader loop step failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.tick)
+            self._wake.clear()
+
+    async def _step(self) -> None:
+        async with self.db.transaction() as session:
+            leader = await store.acquire_lease(
+                session, LEASE, self.settings.identity, self.settings.lease_ttl, time.time()
+            )
+        if leader != self.is_leader:
+            log.info("leadership changed", extra={"leader": leader, "identity": self.settings.identity})
+        self.is_leader = leader
+        IS_LEADER.set(1 if leader else 0)
+        if not leader:
+            return
+        await self.mark_lost_nodes()
+        await self.schedule()
+
+    async def mark_lost_nodes(self) -> None:
+        deadline = store.now() - timedelta(seconds=self.settings.node_timeout)
+        async with self.db.transaction() as session:
+            lost = await store.mark_lost_nodes(session, deadline)
+        for name in lost:
+            NODES_LOST.inc()
+            log.warning("node stopped heartbeating; marked NotReady", extra={"node": name})
+
+    async def schedule(self) -> int:
+        started = time.perf_counter()
+        async with self.db.read() as session:
+            nodes, placed, pending = await store.scheduling_snapshot(session)
+        if not pending:
+            UNSCHEDULABLE.set(0)
+            return 0
+        allocated_cpu: Counter[str] = Counter()
+        allocated_memory: Counter[str] = Counter()
+        spread: Counter[tuple[str, str]] = Counter()
+        for instance in placed:
+            assert instance.node is not None
+            allocated_cpu[instance.node] += instance.cpu
+            allocated_memory[instance.node] += instance.memory
+            spread[(instance.workload, instance.node)] += 1
+        views = [
+            NodeView(
+                name=n.name,
+                cpu=n.cpu,
+                memory=n.memory,
+                cpu_allocated=allocated_cpu[n.name],
+                memory_allocated=allocated_memory[n.name],
+                runtimes=frozenset(n.runtimes),
+            )
+            for n in nodes
+        ]
+        decided = plan(
+            views,
+            [PendingInstance(i.id, i.workload, store.kind_runtime(i.kind), i.cpu, i.memory) for i in pending],
+            spread,
+        )
+        bound = 0
+        async with self.db.transaction() as session:
+            for instance_id, node in decided.assignments.items():
+                if await store.assign_instance(session, instance_id, node):
+                    bound += 1
+            for instance_id, why in decided.unschedulable.items():
+                await store.mark_unschedulable(session, instance_id, why)
+        PLACEMENTS.inc(bound)
+        UNSCHEDULABLE.set(len(decided.unschedulable))
+        PASS_SECONDS.observe(time.perf_counter() - started)
+        if bound:
+            log.info("scheduled instances", extra={"bound": bound, "unschedulable": len(decided.unschedulable)})
+        return bound

@@ -1,0 +1,272 @@
+"""RIK's resource model: the wire format shared by the controller, the riklet, the client and rikctl.
+
+Input models (`WorkloadManifest` and the specs inside it) forbid unknown fields and coerce nothing, so a
+typo or a wrong type is rejected with the field named. Output models describe what the API returns.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
+
+API_VERSION: Literal["rik/v1"] = "rik/v1"
+
+#: DNS label (RFC 1123): what Kubernetes accepts for names, so names fit hostnames and labels.
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+NAME_MAX_LENGTH = 52
+"""Room is left within the 63-character DNS label for the instance suffix (`-` + 8 characters)."""
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX_LENGTH, pattern=NAME_PATTERN)]
+LabelKey = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?$"),
+]
+LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=r"^[A-Za-z0-9._-]*$")]
+EnvName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+#: Integers in input models reject strings and floats ("2" is a wrong type, not a 2).
+StrictInt = Annotated[int, Strict()]
+
+
+class Kind(StrEnum):
+    POD = "Pod"
+    VM = "VM"
+
+
+class Phase(StrEnum):
+    """Lifecycle of an instance. Pending → Creating → Running → Failed | Terminated."""
+
+    PENDING = "Pending"
+    CREATING = "Creating"
+    RUNNING = "Running"
+    FAILED = "Failed"
+    TERMINATED = "Terminated"
+
+
+#: Phases in which an instance holds its node's resources.
+ACTIVE_PHASES = frozenset({Phase.PENDING, Phase.CREATING, Phase.RUNNING})
+
+
+class DesiredState(StrEnum):
+    RUNNING = "Running"
+    DELETED = "Deleted"
+
+
+class NodeStatus(StrEnum):
+    READY = "Ready"
+    NOT_READY = "NotReady"
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PortSpec(_Input):
+    port: StrictInt = Field(ge=1, le=65535, description="Port the workload listens on inside its instance.")
+    protocol: Literal["tcp", "udp"] = "tcp"
+    name: Name | None = None
+    host_port: StrictInt | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port on the node's address; the riklet allocates one from its range when unset.",
+    )
+
+
+class Resources(_Input):
+    cpu: StrictInt = Field(default=100, ge=1, le=1_000_000, description="CPU request in millicores.")
+    memory: StrictInt = Field(default=64, ge=1, le=4_194_304, description="Memory request in MiB.")
+
+
+class WorkloadSpec(_Input):
+    image: str = Field(
+        min_length=1,
+        max_length=512,
+        pattern=r"^\S+$",
+        description="OCI image reference (`registry/repo:tag`, `repo@sha256:...`) or `oci:/path/layout:tag`.",
+    )
+    command: list[Annotated[str, StringConstraints(max_length=4096)]] | None = Field(
+        default=None, max_length=256, description="Replaces the image's entrypoint."
+    )
+    args: list[Annotated[str, StringConstraints(max_length=4096)]] | None = Field(
+        default=None, max_length=256, description="Replaces the image's cmd."
+    )
+    env: dict[EnvName, Annotated[str, StringConstraints(max_length=32768)]] = Field(
+        default_factory=dict, max_length=512
+    )
+    working_dir: Annotated[str, StringConstraints(max_length=4096, pattern=r"^/")] | None = None
+    ports: list[PortSpec] = Field(default_factory=list, max_length=64)
+    resources: Resources = Field(default_factory=Resources)
+    replicas: StrictInt = Field(default=1, ge=0, le=1000)
+
+
+class ManifestMetadata(_Input):
+    name: Name
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
+
+
+class WorkloadManifest(_Input):
+    """What a user submits (`rikctl apply -f`)."""
+
+    api_version: Literal["rik/v1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Kind
+    metadata: ManifestMetadata
+    spec: WorkloadSpec
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ScaleRequest(_Input):
+    replicas: StrictInt = Field(ge=0, le=1000)
+
+
+# Output models ---------------------------------------------------------------------------------------
+
+
+class _Output(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class ObjectMeta(_Output):
+    name: str
+    uid: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    resource_version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class WorkloadStatus(_Output):
+    replicas: int
+    running: int
+    pending: int
+    failed: int
+
+
+class Workload(_Output):
+    api_version: str = Field(default=API_VERSION, alias="apiVersion")
+    kind: Kind
+    metadata: ObjectMeta
+    spec: WorkloadSpec
+    status: WorkloadStatus
+
+
+class PortBinding(_Output):
+    port: int
+    protocol: str = "tcp"
+    host_port: int | None = None
+
+
+class Instance(_Output):
+    """One running copy of a workload, placed on a node."""
+
+    id: str
+    workload: str
+    kind: Kind
+    spec: WorkloadSpec
+    node: str | None
+    phase: Phase
+    desired_state: DesiredState
+    reason: str = ""
+    message: str = ""
+    address: str | None = Field(default=None, description="Address of the instance on its node's network.")
+    host_address: str | None = Field(default=None, description="Address of the node, for host ports.")
+    ports: list[PortBinding] = Field(default_factory=list)
+    resource_version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class NodeCapacity(_Input):
+    cpu: StrictInt = Field(ge=1, description="Millicores.")
+    memory: StrictInt = Field(ge=1, description="MiB.")
+
+
+class ResourceAmount(_Output):
+    cpu: int = Field(ge=0, description="Millicores.")
+    memory: int = Field(ge=0, description="MiB.")
+
+
+class NodeRegistration(_Input):
+    """Sent by a riklet when it starts, and again whenever it re-registers."""
+
+    name: Name
+    address: str = Field(min_length=1, max_length=255, description="Address other hosts reach the node at.")
+    riklet_url: str = Field(min_length=1, max_length=1024, description="Base URL of the riklet's own API.")
+    capacity: NodeCapacity
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    runtimes: list[Literal["container", "vm"]] = Field(default_factory=list)
+    subnet: str | None = Field(default=None, description="Instance subnet; the controller assigns one if unset.")
+
+
+class Node(_Output):
+    name: str
+    address: str
+    riklet_url: str
+    capacity: NodeCapacity
+    allocated: ResourceAmount
+    labels: dict[str, str]
+    runtimes: list[str]
+    subnet: str
+    status: NodeStatus
+    last_heartbeat: datetime
+    resource_version: int
+    created_at: datetime
+
+
+class InstanceStatusReport(_Input):
+    """Sent by the riklet that runs an instance whenever its phase changes."""
+
+    node: Name
+    phase: Phase
+    reason: str = Field(default="", max_length=256)
+    message: str = Field(default="", max_length=4096)
+    address: str | None = None
+    ports: list[PortBinding] = Field(default_factory=list)
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+class Resource(StrEnum):
+    WORKLOADS = "workloads"
+    INSTANCES = "instances"
+    NODES = "nodes"
+
+
+class EventType(StrEnum):
+    ADDED = "ADDED"
+    MODIFIED = "MODIFIED"
+    DELETED = "DELETED"
+
+
+class WatchEvent(_Output):
+    """One change, as streamed by `GET /api/v1/watch` (one JSON object per line)."""
+
+    type: EventType
+    resource: Resource
+    resource_version: int
+    object: dict[str, Any]
+
+
+class WorkloadList(_Output):
+    items: list[Workload]
+    resource_version: int
+
+
+class InstanceList(_Output):
+    items: list[Instance]
+    resource_version: int
+
+
+class NodeList(_Output):
+    items: list[Node]
+    resource_version: int
+
+
+class ErrorBody(_Output):
+    error: str
+    detail: Any = None
