@@ -1,0 +1,1 @@
+"""Morty APIs (FastAPI, `/v1`): functions, versions, aliases, builds, instances, invocation records."""

@@ -1,0 +1,1 @@
+"""Language runtimes: a small HTTP server per language that calls the user's handler, plus templates."""

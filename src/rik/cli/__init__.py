@@ -1,0 +1,1 @@
+"""rikctl: the command line for RIK."""

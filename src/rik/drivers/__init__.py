@@ -1,0 +1,1 @@
+"""Runtime drivers: the contract (`base`) and one sub-package per runtime."""
