@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 API_VERSION: Literal["rik/v1"] = "rik/v1"
 
@@ -25,11 +25,31 @@ LabelKey = Annotated[
     StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?$"),
 ]
 LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=r"^[A-Za-z0-9._-]*$")]
-EnvName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+LABEL_KEY_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?$"
 
 
-#: Integers in input models reject strings and floats ("2" is a wrong type, not a 2).
-StrictInt = Annotated[int, Strict()]
+def labels_field() -> Any:
+    """Labels, with the key rule also in the JSON Schema (`propertyNames`), where pydantic omits it."""
+    return Field(
+        default_factory=dict,
+        max_length=64,
+        json_schema_extra={"propertyNames": {"minLength": 1, "maxLength": 63, "pattern": LABEL_KEY_PATTERN}},
+    )
+
+
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+EnvName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=ENV_NAME_PATTERN)]
+
+
+def _reject_text(value: Any) -> Any:
+    if isinstance(value, str | bool | bytes):
+        raise ValueError(f"must be an integer, not {type(value).__name__} {value!r}")
+    return value
+
+
+#: Integers in input models reject strings and booleans ("2" is a wrong type, not a 2) and fractions;
+#: `2.0` is accepted, as JSON Schema's `integer` accepts it.
+StrictInt = Annotated[int, BeforeValidator(_reject_text)]
 
 
 class Kind(StrEnum):
@@ -69,10 +89,8 @@ class PortSpec(_Input):
     port: StrictInt = Field(ge=1, le=65535, description="Port the workload listens on inside its instance.")
     protocol: Literal["tcp", "udp"] = "tcp"
     name: Name | None = None
-    host_port: StrictInt | None = Field(
+    host_port: Annotated[int, Field(ge=1, le=65535), BeforeValidator(_reject_text)] | None = Field(
         default=None,
-        ge=1,
-        le=65535,
         description="Port on the node's address; the riklet allocates one from its range when unset.",
     )
 
@@ -96,7 +114,9 @@ class WorkloadSpec(_Input):
         default=None, max_length=256, description="Replaces the image's cmd."
     )
     env: dict[EnvName, Annotated[str, StringConstraints(max_length=32768)]] = Field(
-        default_factory=dict, max_length=512
+        default_factory=dict,
+        max_length=512,
+        json_schema_extra={"propertyNames": {"minLength": 1, "maxLength": 256, "pattern": ENV_NAME_PATTERN}},
     )
     working_dir: Annotated[str, StringConstraints(max_length=4096, pattern=r"^/")] | None = None
     ports: list[PortSpec] = Field(default_factory=list, max_length=64)
@@ -106,7 +126,7 @@ class WorkloadSpec(_Input):
 
 class ManifestMetadata(_Input):
     name: Name
-    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
+    labels: dict[LabelKey, LabelValue] = labels_field()
 
 
 class WorkloadManifest(_Input):
@@ -182,8 +202,8 @@ class Instance(_Output):
 
 
 class NodeCapacity(_Input):
-    cpu: StrictInt = Field(ge=1, description="Millicores.")
-    memory: StrictInt = Field(ge=1, description="MiB.")
+    cpu: StrictInt = Field(ge=1, le=100_000_000, description="Millicores.")
+    memory: StrictInt = Field(ge=1, le=1 << 40, description="MiB.")
 
 
 class ResourceAmount(_Output):
@@ -198,9 +218,11 @@ class NodeRegistration(_Input):
     address: str = Field(min_length=1, max_length=255, description="Address other hosts reach the node at.")
     riklet_url: str = Field(min_length=1, max_length=1024, description="Base URL of the riklet's own API.")
     capacity: NodeCapacity
-    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    labels: dict[LabelKey, LabelValue] = labels_field()
     runtimes: list[Literal["container", "vm"]] = Field(default_factory=list)
-    subnet: str | None = Field(default=None, description="Instance subnet; the controller assigns one if unset.")
+    subnet: Annotated[str, StringConstraints(pattern=r"^\d{1,3}(\.\d{1,3}){3}/\d{1,2}$")] | None = Field(
+        default=None, description="Instance subnet; the controller assigns one if unset."
+    )
 
 
 class Node(_Output):

@@ -65,9 +65,22 @@ class UsageError(Exception):
     pass
 
 
+_global_server: str | None = None
+
+
+@app.callback()
+def _global_options(
+    server: Annotated[
+        str | None, typer.Option("--server", "-s", help="controller URL (also $RIK_SERVER)", show_default=False)
+    ] = None,
+) -> None:
+    global _global_server
+    _global_server = server
+
+
 def server_url(explicit: str | None) -> str:
-    if explicit:
-        return explicit
+    if explicit or _global_server:
+        return explicit or _global_server or DEFAULT_SERVER
     if os.environ.get("RIK_SERVER"):
         return os.environ["RIK_SERVER"]
     config = Path(os.environ.get("RIK_CONFIG", Path.home() / ".config" / "rik" / "config.yaml"))

@@ -96,6 +96,8 @@ def create_app(settings: ControllerSettings) -> FastAPI:
 
     @app.get("/api/v1/schemas/workload", tags=["meta"])
     async def schema() -> JSONResponse:
-        return JSONResponse(workload_schema(), media_type="application/schema+json")
+        return JSONResponse(workload_schema())
+
+    errors.document(app)
 
     return app

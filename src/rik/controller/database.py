@@ -59,6 +59,8 @@ class Database:
             session.begin(),
         ):
             yield session
+            for hook in session.info.pop("before_commit", []):
+                await hook(session)
         self._notify_change()
 
     def change_signal(self) -> asyncio.Event:

@@ -122,11 +122,8 @@ class LeaderLoop:
             [PendingInstance(i.id, i.workload, store.kind_runtime(i.kind), i.cpu, i.memory) for i in pending],
             spread,
         )
-        bound = 0
         async with self.db.transaction() as session:
-            for instance_id, node in decided.assignments.items():
-                if await store.assign_instance(session, instance_id, node):
-                    bound += 1
+            bound = await store.assign_instances(session, decided.assignments)
             for instance_id, why in decided.unschedulable.items():
                 await store.mark_unschedulable(session, instance_id, why)
         PLACEMENTS.inc(bound)

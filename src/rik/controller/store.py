@@ -48,13 +48,29 @@ def _aware(value: datetime) -> datetime:
 
 
 async def _next_resource_version(session: AsyncSession) -> int:
-    result = await session.execute(
-        update(CounterRow)
-        .where(CounterRow.name == RV_COUNTER)
-        .values(value=CounterRow.value + 1)
-        .returning(CounterRow.value)
-    )
-    return int(result.scalar_one())
+    """The next resource version, for this transaction's next change.
+
+    The first call increments the counter row, which locks it (PostgreSQL) or holds SQLite's write
+    lock, until the transaction ends; later calls count on in memory and the final value is written
+    back once, before commit (`Database.transaction` runs the `before_commit` hooks)."""
+    last = session.info.get("rv_last")
+    if last is None:
+        result = await session.execute(
+            update(CounterRow)
+            .where(CounterRow.name == RV_COUNTER)
+            .values(value=CounterRow.value + 1)
+            .returning(CounterRow.value)
+        )
+        last = int(result.scalar_one())
+        session.info.setdefault("before_commit", []).append(_store_resource_version)
+    else:
+        last += 1
+    session.info["rv_last"] = last
+    return int(last)
+
+
+async def _store_resource_version(session: AsyncSession) -> None:
+    await session.execute(update(CounterRow).where(CounterRow.name == RV_COUNTER).values(value=session.info["rv_last"]))
 
 
 async def current_resource_version(session: AsyncSession) -> int:
@@ -342,7 +358,6 @@ async def _create_instance(session: AsyncSession, workload: WorkloadRow) -> Inst
         updated_at=stamp,
     )
     session.add(row)
-    await session.flush()
     await _record(session, Resource.INSTANCES, EventType.ADDED, row.id, await _instance_dump(session, row), rv)
     return row
 
@@ -351,7 +366,6 @@ async def _touch_instance(session: AsyncSession, row: InstanceRow, prev_node: st
     rv = await _next_resource_version(session)
     row.resource_version = rv
     row.updated_at = now()
-    await session.flush()
     await _record(
         session,
         Resource.INSTANCES,
@@ -458,14 +472,25 @@ async def report_instance_status(
 # Nodes ------------------------------------------------------------------------------------------------
 
 
-async def node_model(session: AsyncSession, row: NodeRow) -> Node:
-    allocated = (
-        await session.execute(
-            select(func.coalesce(func.sum(InstanceRow.cpu), 0), func.coalesce(func.sum(InstanceRow.memory), 0))
-            .where(InstanceRow.node == row.name)
-            .where(InstanceRow.phase.in_([p.value for p in ACTIVE_PHASES]))
-        )
-    ).one()
+async def _allocations(session: AsyncSession, node: str | None = None) -> dict[str, tuple[int, int]]:
+    """CPU and memory held on each node by its active instances."""
+    query = (
+        select(InstanceRow.node, func.sum(InstanceRow.cpu), func.sum(InstanceRow.memory))
+        .where(InstanceRow.node.is_not(None))
+        .where(InstanceRow.phase.in_([p.value for p in ACTIVE_PHASES]))
+        .group_by(InstanceRow.node)
+    )
+    if node is not None:
+        query = query.where(InstanceRow.node == node)
+    return {str(name): (int(cpu), int(memory)) for name, cpu, memory in (await session.execute(query)).all()}
+
+
+async def node_model(
+    session: AsyncSession, row: NodeRow, allocations: dict[str, tuple[int, int]] | None = None
+) -> Node:
+    if allocations is None:
+        allocations = await _allocations(session, row.name)
+    allocated = allocations.get(row.name, (0, 0))
     return Node.model_validate(
         {
             "name": row.name,
@@ -493,7 +518,8 @@ async def get_node(session: AsyncSession, name: str) -> Node:
 
 async def list_nodes(session: AsyncSession) -> list[Node]:
     rows = (await session.scalars(select(NodeRow).order_by(NodeRow.name))).all()
-    return [await node_model(session, row) for row in rows]
+    allocations = await _allocations(session)
+    return [await node_model(session, row, allocations) for row in rows]
 
 
 async def _allocate_subnet(session: AsyncSession, pool: ipaddress.IPv4Network, prefix: int) -> str:
@@ -659,20 +685,34 @@ async def scheduling_snapshot(
     return nodes, placed, pending
 
 
-async def assign_instance(session: AsyncSession, instance_id: str, node: str) -> bool:
-    """Bind an instance to a node, unless something changed it since the snapshot."""
-    row = await session.get(InstanceRow, instance_id, with_for_update=True)
-    if row is None or row.node is not None or row.desired_state != DesiredState.RUNNING.value:
-        return False
-    target = await session.get(NodeRow, node)
-    if target is None or target.status != NodeStatus.READY.value:
-        return False
-    row.node = node
-    row.phase = Phase.PENDING.value
-    row.reason = "Scheduled"
-    row.message = f"assigned to node {node}"
-    await _touch_instance(session, row, prev_node=None)
-    return True
+async def assign_instances(session: AsyncSession, assignments: dict[str, str]) -> int:
+    """Bind instances to nodes, skipping any that changed since the snapshot. Returns how many."""
+    if not assignments:
+        return 0
+    rows = (
+        await session.scalars(select(InstanceRow).where(InstanceRow.id.in_(list(assignments))).with_for_update())
+    ).all()
+    ready = set(
+        (
+            await session.scalars(
+                select(NodeRow.name)
+                .where(NodeRow.name.in_(set(assignments.values())))
+                .where(NodeRow.status == NodeStatus.READY.value)
+            )
+        ).all()
+    )
+    bound = 0
+    for row in rows:
+        node = assignments[row.id]
+        if row.node is not None or row.desired_state != DesiredState.RUNNING.value or node not in ready:
+            continue
+        row.node = node
+        row.phase = Phase.PENDING.value
+        row.reason = "Scheduled"
+        row.message = f"assigned to node {node}"
+        await _touch_instance(session, row, prev_node=None)
+        bound += 1
+    return bound
 
 
 async def mark_unschedulable(session: AsyncSession, instance_id: str, message: str) -> None:

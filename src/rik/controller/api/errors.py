@@ -7,10 +7,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rik.controller.errors import RikError
+from rik.model import ErrorBody
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,30 @@ def field_errors(errors: Any) -> list[dict[str, str]]:
         loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
         out.append({"field": ".".join(loc) or "(body)", "message": str(error.get("msg", "invalid"))})
     return out
+
+
+def document(app: FastAPI) -> None:
+    """Make the OpenAPI document describe the error bodies this API really sends: `ErrorBody` for
+    400 and 422 everywhere, instead of FastAPI's default validation-error shape."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.pop("HTTPValidationError", None)
+            components.pop("ValidationError", None)
+            components["ErrorBody"] = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+            error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    responses = operation.setdefault("responses", {})
+                    for status, description in (("400", "Malformed request"), ("422", "Invalid request")):
+                        if status in responses or operation.get("requestBody") or operation.get("parameters"):
+                            responses[status] = {"description": description, **error}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install(app: FastAPI) -> None:

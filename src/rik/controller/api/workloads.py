@@ -20,6 +20,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+SELECTOR_PATTERN = r"^[A-Za-z0-9._/-]+=[A-Za-z0-9._-]*(,[A-Za-z0-9._/-]+=[A-Za-z0-9._-]*)*$"
+
+
 def parse_selector(selector: str | None) -> dict[str, str]:
     """`app=web,tier=front` → {"app": "web", "tier": "front"}."""
     if not selector:
@@ -55,7 +58,9 @@ async def apply_workload(name: str, manifest: WorkloadManifest, controller: Cont
 @router.get("", response_model=WorkloadList)
 async def list_workloads(
     controller: Controller,
-    selector: Annotated[str | None, Query(max_length=1024, description="label selector: k=v,k2=v2")] = None,
+    selector: Annotated[
+        str | None, Query(max_length=1024, pattern=SELECTOR_PATTERN, description="label selector: k=v,k2=v2")
+    ] = None,
 ) -> WorkloadList:
     labels = parse_selector(selector)
     async with controller.db.read() as session:

@@ -1,0 +1,3 @@
+from rik.controller.main import main
+
+main()

@@ -1,0 +1,3 @@
+from rik.riklet.main import main
+
+main()
