@@ -1,0 +1,65 @@
+"""Shared bits for benchmarks: start a real controller process, and report figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextmanager
+def controller(workdir: Path, *extra: str, database: str | None = None) -> Iterator[str]:
+    """A `rik-controller` process on a free loopback port; yields its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (workdir / "controller.log").open("wb")
+    argv = [sys.executable, "-m", "rik.controller", "--listen", f"127.0.0.1:{port}"]
+    argv += ["--database", database or f"sqlite:///{workdir / 'controller.db'}", *extra]
+    process = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RIK_LOG_LEVEL": "WARNING"}
+    )
+    try:
+        wait_http(f"{url}/healthz", 30, process)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def wait_http(url: str, seconds: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {seconds}s")
+
+
+def report(title: str, rows: list[tuple[str, str]], figures: dict[str, Any]) -> None:
+    """Print a human table and one JSON line (for the benchmark report)."""
+    width = max(len(name) for name, _ in rows)
+    print(f"\n{title}\n" + "-" * len(title))
+    for name, value in rows:
+        print(f"  {name.ljust(width)}  {value}")
+    print("JSON " + json.dumps({"benchmark": title, **figures}))
