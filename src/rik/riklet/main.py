@@ -16,12 +16,13 @@ import uvicorn
 
 from rik import logs
 from rik.client import RikClient
-from rik.drivers.base import Driver
+from rik.drivers.base import Driver, Handle
 from rik.drivers.container import ContainerDriver
 from rik.images import ImageStore
 from rik.network import NodeNetwork
 from rik.riklet.agent import Agent, DriverFactory, RikletSettings
 from rik.riklet.api import create_app
+from rik.riklet.records import RecordStore
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heartbeat-interval", type=float, default=2.0)
     parser.add_argument("--container-runtime", choices=["runc", "crun"], default=None)
     parser.add_argument("--log-level", default=os.environ.get("RIK_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--teardown",
+        action="store_true",
+        help="remove every instance this node runs and its bridge and firewall rules, then exit",
+    )
     args = parser.parse_args(argv)
 
     logs.configure("riklet", args.log_level)
@@ -88,14 +94,49 @@ def main(argv: list[str] | None = None) -> None:
         heartbeat_interval=args.heartbeat_interval,
     )
 
-    async def build_drivers(subnet: IPv4Network) -> Mapping[str, Driver]:
+    subnet_file = data_dir / "subnet"
+
+    def node_parts(subnet: IPv4Network) -> tuple[NodeNetwork, ContainerDriver]:
         network = NodeNetwork(args.bridge, subnet, data_dir / "network", host_address=address)
-        await network.setup()
         images = ImageStore(data_dir / "images", insecure_registries=args.insecure_registry)
-        container = ContainerDriver(data_dir / "containers", network, images, runtime=args.container_runtime)
+        return network, ContainerDriver(data_dir / "containers", network, images, runtime=args.container_runtime)
+
+    async def build_drivers(subnet: IPv4Network) -> Mapping[str, Driver]:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        subnet_file.write_text(str(subnet))
+        network, container = node_parts(subnet)
+        await network.setup()
         return {"container": container}
 
+    if args.teardown:
+        if not subnet_file.is_file():
+            log.info("nothing to tear down", extra={"data_dir": str(data_dir)})
+            return
+        network, container = node_parts(IPv4Network(subnet_file.read_text().strip()))
+        asyncio.run(teardown(settings, network, {"container": container}, container))
+        return
     asyncio.run(serve(settings, args.controller, build_drivers, host or "0.0.0.0", int(port)))
+
+
+async def teardown(
+    settings: RikletSettings, network: NodeNetwork, drivers: Mapping[str, Driver], container: ContainerDriver
+) -> None:
+    """Destroy every instance recorded on this node, then the node's network. Instances are not
+    reported to the controller: use it when the node leaves the cluster or the platform stops."""
+    records = RecordStore(settings.data_dir / "instances")
+    for record in records.load_all().values():
+        driver = drivers.get(record.driver)
+        if driver is None:
+            continue
+        handle = await driver.recover(record.state) or Handle(id=record.id, driver=record.driver, state=record.state)
+        await driver.stop(handle, 2.0)
+        await driver.destroy(handle)
+        records.remove(record.id)
+        log.info("instance removed", extra={"instance": record.id})
+    for instance_id in await container.instance_ids():
+        await container.destroy(Handle(id=instance_id, driver=container.name))
+    await network.teardown()
+    log.info("node torn down", extra={"node": settings.name})
 
 
 async def serve(settings: RikletSettings, controller: str, build_drivers: DriverFactory, host: str, port: int) -> None:
