@@ -509,6 +509,17 @@ async def node_model(
     )
 
 
+async def _record_node(session: AsyncSession, row: NodeRow, type_: EventType) -> Node:
+    """Give the node a new resource version and put its state in the change feed."""
+    row.resource_version = await _next_resource_version(session)
+    await session.flush()
+    node = await node_model(session, row)
+    await _record(
+        session, Resource.NODES, type_, row.name, node.model_dump(mode="json"), row.resource_version, node=row.name
+    )
+    return node
+
+
 async def get_node(session: AsyncSession, name: str) -> Node:
     row = await session.get(NodeRow, name)
     if row is None:
@@ -549,10 +560,9 @@ async def register_node(
         subnet = row.subnet
     else:
         subnet = await _allocate_subnet(session, pool, prefix)
-    rv = await _next_resource_version(session)
     created = row is None
     if row is None:
-        row = NodeRow(name=registration.name, created_at=stamp)
+        row = NodeRow(name=registration.name, created_at=stamp, resource_version=0)
         session.add(row)
     row.address = registration.address
     row.riklet_url = registration.riklet_url
@@ -563,19 +573,7 @@ async def register_node(
     row.subnet = subnet
     row.status = NodeStatus.READY.value
     row.last_heartbeat = stamp
-    row.resource_version = rv
-    await session.flush()
-    node = await node_model(session, row)
-    await _record(
-        session,
-        Resource.NODES,
-        EventType.ADDED if created else EventType.MODIFIED,
-        row.name,
-        node.model_dump(mode="json"),
-        rv,
-        node=row.name,
-    )
-    return node
+    return await _record_node(session, row, EventType.ADDED if created else EventType.MODIFIED)
 
 
 async def heartbeat(session: AsyncSession, name: str) -> Node:
@@ -585,12 +583,7 @@ async def heartbeat(session: AsyncSession, name: str) -> Node:
     row.last_heartbeat = now()
     if row.status != NodeStatus.READY.value:
         row.status = NodeStatus.READY.value
-        rv = await _next_resource_version(session)
-        row.resource_version = rv
-        await session.flush()
-        node = await node_model(session, row)
-        await _record(session, Resource.NODES, EventType.MODIFIED, name, node.model_dump(mode="json"), rv, node=name)
-        return node
+        return await _record_node(session, row, EventType.MODIFIED)
     return await node_model(session, row)
 
 
@@ -599,9 +592,7 @@ async def delete_node(session: AsyncSession, name: str) -> Node:
     if row is None:
         raise NotFound(f"node {name!r} not found")
     await _release_instances_of(session, name, f"node {name} was deleted")
-    gone = await node_model(session, row)
-    rv = await _next_resource_version(session)
-    await _record(session, Resource.NODES, EventType.DELETED, name, gone.model_dump(mode="json"), rv, node=name)
+    gone = await _record_node(session, row, EventType.DELETED)
     await session.delete(row)
     return gone
 
@@ -622,19 +613,7 @@ async def mark_lost_nodes(session: AsyncSession, deadline: datetime) -> list[str
         if _aware(row.last_heartbeat) >= deadline:
             continue
         row.status = NodeStatus.NOT_READY.value
-        rv = await _next_resource_version(session)
-        row.resource_version = rv
-        await session.flush()
-        node = await node_model(session, row)
-        await _record(
-            session,
-            Resource.NODES,
-            EventType.MODIFIED,
-            row.name,
-            node.model_dump(mode="json"),
-            rv,
-            node=row.name,
-        )
+        await _record_node(session, row, EventType.MODIFIED)
         await _release_instances_of(session, row.name, f"node {row.name} stopped heartbeating")
         lost.append(row.name)
     return lost
