@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
 API_VERSION: Literal["rik/v1"] = "rik/v1"
 
@@ -100,6 +100,22 @@ class Resources(_Input):
     memory: StrictInt = Field(default=64, ge=1, le=4_194_304, description="Memory request in MiB.")
 
 
+class VMOptions(_Input):
+    """How a `VM` workload boots. Everything is optional: by default the node's guest kernel and
+    initramfs boot the image's root filesystem and run its entrypoint."""
+
+    vcpus: StrictInt = Field(default=1, ge=1, le=64)
+    kernel: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = Field(
+        default=None, description="Guest kernel on the node (path), instead of the node's own."
+    )
+    initramfs: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
+    kernel_args: list[Annotated[str, StringConstraints(max_length=1024)]] = Field(default_factory=list, max_length=64)
+    disk_size: StrictInt | None = Field(default=None, ge=64, le=1_048_576, description="Root disk size in MiB.")
+    snapshot: Name | None = Field(
+        default=None, description="Start every instance by restoring this snapshot instead of booting."
+    )
+
+
 class WorkloadSpec(_Input):
     image: str = Field(
         min_length=1,
@@ -122,6 +138,7 @@ class WorkloadSpec(_Input):
     ports: list[PortSpec] = Field(default_factory=list, max_length=64)
     resources: Resources = Field(default_factory=Resources)
     replicas: StrictInt = Field(default=1, ge=0, le=1000)
+    vm: VMOptions | None = Field(default=None, description="Only for kind VM.")
 
 
 class ManifestMetadata(_Input):
@@ -138,6 +155,12 @@ class WorkloadManifest(_Input):
     spec: WorkloadSpec
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _vm_options_only_for_vms(self) -> WorkloadManifest:
+        if self.spec.vm is not None and self.kind != Kind.VM:
+            raise ValueError("spec.vm is only valid for kind VM")
+        return self
 
 
 class ScaleRequest(_Input):
