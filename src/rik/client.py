@@ -23,6 +23,9 @@ from rik.model import (
     Node,
     NodeList,
     NodeRegistration,
+    Snapshot,
+    SnapshotList,
+    SnapshotStatusReport,
     WatchEvent,
     Workload,
     WorkloadList,
@@ -152,6 +155,40 @@ class RikClient:
                     yield chunk
         except httpx.TransportError as exc:
             raise Unreachable(f"controller at {self.base_url} did not answer: {exc!r}") from exc
+
+    async def pause_instance(self, instance_id: str) -> Instance:
+        response = await self._request("POST", f"/api/v1/instances/{instance_id}/pause")
+        return Instance.model_validate_json(response.content)
+
+    async def resume_instance(self, instance_id: str) -> Instance:
+        response = await self._request("POST", f"/api/v1/instances/{instance_id}/resume")
+        return Instance.model_validate_json(response.content)
+
+    # Snapshots ----------------------------------------------------------------------------------------
+
+    async def snapshot_instance(self, instance_id: str, name: str) -> Snapshot:
+        response = await self._request("POST", f"/api/v1/instances/{instance_id}/snapshots", json={"name": name})
+        return Snapshot.model_validate_json(response.content)
+
+    async def list_snapshots(self, *, workload: str | None = None, node: str | None = None) -> SnapshotList:
+        params = {k: v for k, v in {"workload": workload, "node": node}.items() if v}
+        response = await self._request("GET", "/api/v1/snapshots", params=params)
+        return SnapshotList.model_validate_json(response.content)
+
+    async def get_snapshot(self, name: str) -> Snapshot:
+        response = await self._request("GET", f"/api/v1/snapshots/{name}")
+        return Snapshot.model_validate_json(response.content)
+
+    async def delete_snapshot(self, name: str) -> Snapshot:
+        response = await self._request("DELETE", f"/api/v1/snapshots/{name}")
+        return Snapshot.model_validate_json(response.content)
+
+    async def report_snapshot(self, name: str, report: SnapshotStatusReport) -> Snapshot | None:
+        """None when the report completed the snapshot's deletion."""
+        response = await self._request("PUT", f"/api/v1/snapshots/{name}/status", json=report.model_dump(mode="json"))
+        if response.status_code == 204:
+            return None
+        return Snapshot.model_validate_json(response.content)
 
     # Nodes --------------------------------------------------------------------------------------------
 

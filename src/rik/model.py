@@ -63,16 +63,19 @@ class Phase(StrEnum):
     PENDING = "Pending"
     CREATING = "Creating"
     RUNNING = "Running"
+    PAUSED = "Paused"
     FAILED = "Failed"
     TERMINATED = "Terminated"
 
 
 #: Phases in which an instance holds its node's resources.
-ACTIVE_PHASES = frozenset({Phase.PENDING, Phase.CREATING, Phase.RUNNING})
+ACTIVE_PHASES = frozenset({Phase.PENDING, Phase.CREATING, Phase.RUNNING, Phase.PAUSED})
 
 
 class DesiredState(StrEnum):
     RUNNING = "Running"
+    PAUSED = "Paused"
+    """Keep the instance in memory with its CPUs stopped (drivers with the pause capability)."""
     DELETED = "Deleted"
 
 
@@ -188,6 +191,7 @@ class WorkloadStatus(_Output):
     running: int
     pending: int
     failed: int
+    paused: int = 0
 
 
 class Workload(_Output):
@@ -276,10 +280,53 @@ class InstanceStatusReport(_Input):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
 
+class SnapshotPhase(StrEnum):
+    PENDING = "Pending"
+    READY = "Ready"
+    FAILED = "Failed"
+
+
+class SnapshotRequest(_Input):
+    name: Name
+
+
+class Snapshot(_Output):
+    """A VM instance's memory and disk state, stored on the node that took it."""
+
+    name: str
+    workload: str
+    instance: str
+    node: str
+    phase: SnapshotPhase
+    deleting: bool = False
+    reason: str = ""
+    message: str = ""
+    size_bytes: int | None = None
+    resource_version: int
+    created_at: datetime
+
+
+class SnapshotList(_Output):
+    items: list[Snapshot]
+    resource_version: int
+
+
+class SnapshotStatusReport(_Input):
+    """Sent by the riklet that holds a snapshot when it is taken, fails, or is deleted."""
+
+    node: Name
+    phase: SnapshotPhase | None = Field(default=None, description="None with deleted=true")
+    deleted: bool = False
+    reason: str = Field(default="", max_length=256)
+    message: str = Field(default="", max_length=4096)
+    size_bytes: StrictInt | None = Field(default=None, ge=0)
+
+
 class Resource(StrEnum):
     WORKLOADS = "workloads"
     INSTANCES = "instances"
     NODES = "nodes"
+    SNAPSHOTS = "snapshots"
 
 
 class EventType(StrEnum):

@@ -24,13 +24,15 @@ from rich.console import Console
 from rich.table import Table
 
 from rik.client import ApiError, ClientError, RikClient, Unreachable
-from rik.model import Instance, Node, Workload
+from rik.model import Instance, Node, Snapshot, SnapshotPhase, Workload
 
 T = TypeVar("T")
 
 app = typer.Typer(name="rikctl", help="Control a RIK cluster.", no_args_is_help=True, pretty_exceptions_enable=False)
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Output quotes user input, server messages and container output (e.g. "[a-z0-9]" patterns, "[/bin/sh]"):
+# never read it as rich markup, which mangles it or fails with a traceback.
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 DEFAULT_SERVER = "http://127.0.0.1:7700"
 
@@ -78,6 +80,18 @@ def _global_options(
     _global_server = server
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's message spans several lines with an excerpt of the source: keep it to one line."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        parts = []
+        for text, mark in ((exc.problem, exc.problem_mark), (exc.context, exc.context_mark)):
+            if text:
+                parts.append(f"{text} at line {mark.line + 1} column {mark.column + 1}" if mark else text)
+        if parts:
+            return "; ".join(parts)
+    return " ".join(str(exc).split())
+
+
 def server_url(explicit: str | None) -> str:
     if explicit or _global_server:
         return explicit or _global_server or DEFAULT_SERVER
@@ -88,7 +102,7 @@ def server_url(explicit: str | None) -> str:
         try:
             data = yaml.safe_load(config.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise UsageError(f"{config}: not valid YAML: {exc}") from exc
+            raise UsageError(f"{config}: not valid YAML: {yaml_problem(exc)}") from exc
         if isinstance(data, dict) and isinstance(data.get("server"), str):
             return str(data["server"])
     return DEFAULT_SERVER
@@ -143,7 +157,7 @@ def load_manifests(path: str) -> list[dict[str, Any]]:
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
     except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: malformed YAML: {exc}") from exc
+        raise UsageError(f"{path}: malformed YAML: {yaml_problem(exc)}") from exc
     if not documents:
         raise UsageError(f"{path}: no manifest in it")
     for index, document in enumerate(documents):
@@ -412,3 +426,95 @@ def schema(server: ServerOption = None) -> None:
         err.print(f"error: controller did not answer: {exc}")
         raise typer.Exit(3) from exc
     out.print(json.dumps(response.json(), indent=2), markup=False)
+
+
+@app.command()
+def pause(instance: Annotated[str, typer.Argument(help="instance id (VM)")], server: ServerOption = None) -> None:
+    """Pause a VM instance: its CPUs stop, its memory stays."""
+
+    async def action(client: RikClient) -> None:
+        await client.pause_instance(instance)
+        out.print(f"instance/{instance} pausing")
+
+    run(server, action)
+
+
+@app.command()
+def resume(instance: Annotated[str, typer.Argument(help="instance id (VM)")], server: ServerOption = None) -> None:
+    """Resume a paused VM instance."""
+
+    async def action(client: RikClient) -> None:
+        await client.resume_instance(instance)
+        out.print(f"instance/{instance} resuming")
+
+    run(server, action)
+
+
+snapshot_app = typer.Typer(help="Snapshots of VM instances: create, list, delete.", no_args_is_help=True)
+app.add_typer(snapshot_app, name="snapshot")
+
+
+def snapshot_table(items: list[Snapshot]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for column in ["NAME", "WORKLOAD", "INSTANCE", "NODE", "PHASE", "SIZE MiB", "MESSAGE"]:
+        table.add_column(column)
+    for s in items:
+        size = f"{s.size_bytes / 2**20:.1f}" if s.size_bytes is not None else "-"
+        phase = f"{s.phase.value} (deleting)" if s.deleting else s.phase.value
+        table.add_row(s.name, s.workload, s.instance, s.node, phase, size, s.message or "-")
+    return table
+
+
+@snapshot_app.command("create")
+def snapshot_create(
+    instance: Annotated[str, typer.Argument(help="instance id (VM, Running or Paused)")],
+    name: Annotated[str, typer.Argument(help="snapshot name")],
+    wait: Annotated[bool, typer.Option(help="wait until it is Ready")] = True,
+    timeout: Annotated[float, typer.Option(help="seconds to wait")] = 120.0,
+    server: ServerOption = None,
+) -> None:
+    """Snapshot a VM instance (memory and disk); it keeps running."""
+
+    async def action(client: RikClient) -> None:
+        snapshot = await client.snapshot_instance(instance, name)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while wait and snapshot.phase == SnapshotPhase.PENDING:
+            if loop.time() > deadline:
+                raise ClientError(f"snapshot {name} still Pending after {timeout:.0f}s")
+            await asyncio.sleep(0.2)
+            snapshot = await client.get_snapshot(name)
+        if snapshot.phase == SnapshotPhase.FAILED:
+            raise ClientError(f"snapshot {name} failed: {snapshot.reason}: {snapshot.message}")
+        out.print(f"snapshot/{name} {snapshot.phase.value.lower()} on node {snapshot.node}")
+
+    run(server, action)
+
+
+@snapshot_app.command("list")
+def snapshot_list(
+    workload: Annotated[str | None, typer.Option(help="only this workload's")] = None,
+    output: OutputOption = Output.TABLE,
+    server: ServerOption = None,
+) -> None:
+    """List snapshots."""
+
+    async def action(client: RikClient) -> None:
+        items = (await client.list_snapshots(workload=workload)).items
+        if output in (Output.JSON, Output.YAML):
+            emit(items, output)
+        else:
+            out.print(snapshot_table(items))
+
+    run(server, action)
+
+
+@snapshot_app.command("delete")
+def snapshot_delete(name: Annotated[str, typer.Argument()], server: ServerOption = None) -> None:
+    """Delete a snapshot; its node removes the files."""
+
+    async def action(client: RikClient) -> None:
+        await client.delete_snapshot(name)
+        out.print(f"snapshot/{name} deleted")
+
+    run(server, action)

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rik import __version__
 from rik.controller import store
-from rik.controller.api import errors, instances, nodes, watch, workloads
+from rik.controller.api import errors, instances, nodes, snapshots, watch, workloads
 from rik.controller.api.deps import ControllerState
 from rik.controller.database import Database
 from rik.controller.leader import LeaderLoop, LeaderSettings
@@ -76,7 +76,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (workloads, instances, nodes, watch):
+    for module in (workloads, instances, nodes, snapshots, watch):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["meta"])

@@ -13,12 +13,15 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from prometheus_client import Counter as MetricCounter
 from prometheus_client import Gauge, Histogram
 
-from rik.controller import store
+from rik.controller import snapshots, store
 from rik.controller.database import Database
+from rik.controller.tables import InstanceRow, SnapshotRow
+from rik.model import SnapshotPhase
 from rik.scheduler import NodeView, PendingInstance, plan
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,33 @@ class LeaderSettings:
     node_timeout: float = 15.0
     tick: float = 0.5
     events_kept: int = 100_000
+
+
+def _snapshot_of(spec: dict[str, Any]) -> str | None:
+    vm = spec.get("vm") or {}
+    name = vm.get("snapshot")
+    return str(name) if name else None
+
+
+def _pending(instance: InstanceRow, held: dict[str, SnapshotRow]) -> PendingInstance:
+    """An instance as the scheduler sees it; one that restores a snapshot may only go where it is."""
+    runtime = store.kind_runtime(instance.kind)
+    name = _snapshot_of(instance.spec)
+    if name is None:
+        return PendingInstance(instance.id, instance.workload, runtime, instance.cpu, instance.memory)
+    snapshot = held.get(name)
+    if snapshot is None or snapshot.deleting:
+        only_on: frozenset[str] = frozenset()
+        why = f"snapshot {name} does not exist"
+    elif snapshot.phase != SnapshotPhase.READY.value:
+        only_on = frozenset()
+        why = f"snapshot {name} is {snapshot.phase}, not Ready"
+    else:
+        only_on = frozenset({snapshot.node})
+        why = f"snapshot {name} is held by node {snapshot.node}"
+    return PendingInstance(
+        instance.id, instance.workload, runtime, instance.cpu, instance.memory, only_on=only_on, only_on_reason=why
+    )
 
 
 class LeaderLoop:
@@ -95,6 +125,8 @@ class LeaderLoop:
         started = time.perf_counter()
         async with self.db.read() as session:
             nodes, placed, pending = await store.scheduling_snapshot(session)
+            wanted_snapshots = {s for s in (_snapshot_of(i.spec) for i in pending) if s}
+            held = await snapshots.ready_snapshot_nodes(session, wanted_snapshots)
         if not pending:
             UNSCHEDULABLE.set(0)
             return 0
@@ -117,11 +149,7 @@ class LeaderLoop:
             )
             for n in nodes
         ]
-        decided = plan(
-            views,
-            [PendingInstance(i.id, i.workload, store.kind_runtime(i.kind), i.cpu, i.memory) for i in pending],
-            spread,
-        )
+        decided = plan(views, [_pending(i, held) for i in pending], spread)
         async with self.db.transaction() as session:
             bound = await store.assign_instances(session, decided.assignments)
             for instance_id, why in decided.unschedulable.items():

@@ -47,7 +47,7 @@ def _aware(value: datetime) -> datetime:
 # Change feed ------------------------------------------------------------------------------------------
 
 
-async def _next_resource_version(session: AsyncSession) -> int:
+async def next_resource_version(session: AsyncSession) -> int:
     """The next resource version, for this transaction's next change.
 
     The first call increments the counter row, which locks it (PostgreSQL) or holds SQLite's write
@@ -78,7 +78,7 @@ async def current_resource_version(session: AsyncSession) -> int:
     return int(value or 0)
 
 
-async def _record(
+async def record_event(
     session: AsyncSession,
     resource: Resource,
     type_: EventType,
@@ -144,7 +144,7 @@ async def compact_events(session: AsyncSession, keep: int) -> int:
 
 
 def _phase_counts(rows: list[InstanceRow]) -> Counter[str]:
-    return Counter(row.phase for row in rows if row.desired_state == DesiredState.RUNNING.value)
+    return Counter(row.phase for row in rows if row.desired_state != DesiredState.DELETED.value)
 
 
 def workload_model(row: WorkloadRow, instances: list[InstanceRow]) -> Workload:
@@ -166,6 +166,7 @@ def workload_model(row: WorkloadRow, instances: list[InstanceRow]) -> Workload:
                 "running": counts[Phase.RUNNING.value],
                 "pending": counts[Phase.PENDING.value] + counts[Phase.CREATING.value],
                 "failed": counts[Phase.FAILED.value],
+                "paused": counts[Phase.PAUSED.value],
             },
         }
     )
@@ -211,7 +212,7 @@ async def apply_workload(
     spec = manifest.spec.model_dump(mode="json")
     row = await session.get(WorkloadRow, name, with_for_update=True)
     stamp = now()
-    rv = await _next_resource_version(session)
+    rv = await next_resource_version(session)
     created = row is None
     if row is None:
         row = WorkloadRow(
@@ -241,7 +242,7 @@ async def apply_workload(
     await session.flush()
     await _reconcile_replicas(session, row)
     instances = await _instances_of(session, name)
-    await _record(
+    await record_event(
         session,
         Resource.WORKLOADS,
         EventType.ADDED if created else EventType.MODIFIED,
@@ -260,13 +261,13 @@ async def scale_workload(session: AsyncSession, name: str, replicas: int) -> Wor
     row = await session.get(WorkloadRow, name, with_for_update=True)
     if row is None:
         raise NotFound(f"workload {name!r} not found")
-    rv = await _next_resource_version(session)
+    rv = await next_resource_version(session)
     row.spec = {**row.spec, "replicas": replicas}
     row.resource_version = rv
     row.updated_at = now()
     await _reconcile_replicas(session, row)
     instances = await _instances_of(session, name)
-    await _record(session, Resource.WORKLOADS, EventType.MODIFIED, name, _workload_dump(row, instances), rv)
+    await record_event(session, Resource.WORKLOADS, EventType.MODIFIED, name, _workload_dump(row, instances), rv)
     return workload_model(row, instances)
 
 
@@ -278,8 +279,10 @@ async def delete_workload(session: AsyncSession, name: str) -> Workload:
     gone = workload_model(row, instances)
     for instance in instances:
         await _request_instance_deletion(session, instance, "WorkloadDeleted")
-    rv = await _next_resource_version(session)
-    await _record(session, Resource.WORKLOADS, EventType.DELETED, name, gone.model_dump(mode="json", by_alias=True), rv)
+    rv = await next_resource_version(session)
+    await record_event(
+        session, Resource.WORKLOADS, EventType.DELETED, name, gone.model_dump(mode="json", by_alias=True), rv
+    )
     await session.delete(row)
     return gone
 
@@ -287,7 +290,7 @@ async def delete_workload(session: AsyncSession, name: str) -> Workload:
 async def _reconcile_replicas(session: AsyncSession, row: WorkloadRow) -> None:
     """Create or remove instances so that `replicas` of them are wanted. Failed instances keep their
     slot (so a broken image is not restarted in a loop); deleting one makes room for a replacement."""
-    wanted = [i for i in await _instances_of(session, row.name) if i.desired_state == DesiredState.RUNNING.value]
+    wanted = [i for i in await _instances_of(session, row.name) if i.desired_state != DesiredState.DELETED.value]
     replicas = int(row.spec.get("replicas", 1))
     if len(wanted) < replicas:
         for _ in range(replicas - len(wanted)):
@@ -338,7 +341,7 @@ async def _instance_dump(session: AsyncSession, row: InstanceRow) -> dict[str, A
 async def _create_instance(session: AsyncSession, workload: WorkloadRow) -> InstanceRow:
     spec = WorkloadSpec.model_validate(workload.spec)
     stamp = now()
-    rv = await _next_resource_version(session)
+    rv = await next_resource_version(session)
     row = InstanceRow(
         id=f"{workload.name}-{secrets.token_hex(4)}",
         workload=workload.name,
@@ -358,15 +361,15 @@ async def _create_instance(session: AsyncSession, workload: WorkloadRow) -> Inst
         updated_at=stamp,
     )
     session.add(row)
-    await _record(session, Resource.INSTANCES, EventType.ADDED, row.id, await _instance_dump(session, row), rv)
+    await record_event(session, Resource.INSTANCES, EventType.ADDED, row.id, await _instance_dump(session, row), rv)
     return row
 
 
-async def _touch_instance(session: AsyncSession, row: InstanceRow, prev_node: str | None) -> None:
-    rv = await _next_resource_version(session)
+async def touch_instance(session: AsyncSession, row: InstanceRow, prev_node: str | None) -> None:
+    rv = await next_resource_version(session)
     row.resource_version = rv
     row.updated_at = now()
-    await _record(
+    await record_event(
         session,
         Resource.INSTANCES,
         EventType.MODIFIED,
@@ -379,10 +382,10 @@ async def _touch_instance(session: AsyncSession, row: InstanceRow, prev_node: st
 
 
 async def _remove_instance(session: AsyncSession, row: InstanceRow) -> None:
-    rv = await _next_resource_version(session)
+    rv = await next_resource_version(session)
     dump = await _instance_dump(session, row)
     dump["resource_version"] = rv
-    await _record(session, Resource.INSTANCES, EventType.DELETED, row.id, dump, rv, node=row.node)
+    await record_event(session, Resource.INSTANCES, EventType.DELETED, row.id, dump, rv, node=row.node)
     await session.delete(row)
 
 
@@ -399,7 +402,7 @@ async def _request_instance_deletion(session: AsyncSession, row: InstanceRow, re
     if row.desired_state != DesiredState.DELETED.value:
         row.desired_state = DesiredState.DELETED.value
         row.reason = reason
-        await _touch_instance(session, row, prev_node=None)
+        await touch_instance(session, row, prev_node=None)
 
 
 async def get_instance(session: AsyncSession, instance_id: str) -> Instance:
@@ -464,7 +467,7 @@ async def report_instance_status(
     row.message = report.message
     row.address = report.address
     row.ports = [p.model_dump(mode="json") for p in report.ports]
-    await _touch_instance(session, row, prev_node=None)
+    await touch_instance(session, row, prev_node=None)
     node = await session.get(NodeRow, row.node) if row.node else None
     return instance_model(row, node)
 
@@ -511,10 +514,10 @@ async def node_model(
 
 async def _record_node(session: AsyncSession, row: NodeRow, type_: EventType) -> Node:
     """Give the node a new resource version and put its state in the change feed."""
-    row.resource_version = await _next_resource_version(session)
+    row.resource_version = await next_resource_version(session)
     await session.flush()
     node = await node_model(session, row)
-    await _record(
+    await record_event(
         session, Resource.NODES, type_, row.name, node.model_dump(mode="json"), row.resource_version, node=row.name
     )
     return node
@@ -631,7 +634,7 @@ async def _release_instances_of(session: AsyncSession, node: str, why: str) -> N
         row.message = f"{why}; rescheduling"
         row.address = None
         row.ports = []
-        await _touch_instance(session, row, prev_node=node)
+        await touch_instance(session, row, prev_node=node)
 
 
 # Scheduling -------------------------------------------------------------------------------------------
@@ -656,7 +659,7 @@ async def scheduling_snapshot(
             await session.scalars(
                 select(InstanceRow)
                 .where(InstanceRow.node.is_(None))
-                .where(InstanceRow.desired_state == DesiredState.RUNNING.value)
+                .where(InstanceRow.desired_state != DesiredState.DELETED.value)
                 .order_by(InstanceRow.created_at, InstanceRow.id)
             )
         ).all()
@@ -683,13 +686,13 @@ async def assign_instances(session: AsyncSession, assignments: dict[str, str]) -
     bound = 0
     for row in rows:
         node = assignments[row.id]
-        if row.node is not None or row.desired_state != DesiredState.RUNNING.value or node not in ready:
+        if row.node is not None or row.desired_state == DesiredState.DELETED.value or node not in ready:
             continue
         row.node = node
         row.phase = Phase.PENDING.value
         row.reason = "Scheduled"
         row.message = f"assigned to node {node}"
-        await _touch_instance(session, row, prev_node=None)
+        await touch_instance(session, row, prev_node=None)
         bound += 1
     return bound
 
@@ -700,7 +703,7 @@ async def mark_unschedulable(session: AsyncSession, instance_id: str, message: s
         return
     row.reason = "Unschedulable"
     row.message = message
-    await _touch_instance(session, row, prev_node=None)
+    await touch_instance(session, row, prev_node=None)
 
 
 # Leases -----------------------------------------------------------------------------------------------

@@ -95,3 +95,19 @@ class LeaseRow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[float] = mapped_column(Float)
+
+
+class SnapshotRow(Base):
+    __tablename__ = "snapshots"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workload: Mapped[str] = mapped_column(String(64), index=True)
+    instance: Mapped[str] = mapped_column(String(64))
+    node: Mapped[str] = mapped_column(String(64), index=True)
+    phase: Mapped[str] = mapped_column(String(16))
+    deleting: Mapped[bool]
+    reason: Mapped[str] = mapped_column(String(256))
+    message: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    resource_version: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]

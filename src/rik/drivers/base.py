@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from rik.model import PortBinding, WorkloadSpec
@@ -83,3 +84,18 @@ class Driver(Protocol):
         """Rebuild a handle from persisted state after a riklet restart; None if nothing is left."""
 
     async def logs(self, handle: Handle, tail_bytes: int | None) -> bytes: ...
+
+    # Optional: only called when `capabilities` says so; others raise DriverError("Unsupported", ...).
+
+    async def pause(self, handle: Handle) -> None:
+        """Stop the instance's CPUs, keeping its memory (capabilities.pause)."""
+
+    async def resume(self, handle: Handle) -> None: ...
+
+    async def snapshot(self, handle: Handle, directory: Path) -> None:
+        """Write the running instance's memory and disk state into `directory`; the instance keeps
+        running (capabilities.snapshots)."""
+
+    async def restore(self, request: InstanceRequest, snapshot: Path, progress: ProgressCallback) -> Handle:
+        """Start a new instance from a snapshot directory written by `snapshot`; several may be
+        restored from one snapshot at once, each with its own address (capabilities.snapshots)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import TypeVar
 from prometheus_client import Counter, Gauge
 
 from rik.client import ApiError, RikClient, Unreachable, WatchExpired
-from rik.drivers.base import Driver, Handle
+from rik.drivers.base import Driver, DriverError, Handle
 from rik.model import (
     DesiredState,
     EventType,
@@ -28,6 +29,10 @@ from rik.model import (
     NodeCapacity,
     NodeRegistration,
     Phase,
+    Resource,
+    Snapshot,
+    SnapshotPhase,
+    SnapshotStatusReport,
 )
 from rik.riklet.records import InstanceRecord, RecordStore
 from rik.riklet.runner import InstanceRunner
@@ -71,6 +76,7 @@ class Agent:
         self.runners: dict[str, InstanceRunner] = {}
         self.node: Node | None = None
         self.ready = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
 
     # Start-up -----------------------------------------------------------------------------------------
 
@@ -141,7 +147,104 @@ class Agent:
             self._ensure_runner(instance, await self._adopt(records.get(instance.id)))
         for runner_id in [r for r in self.runners if r not in wanted]:
             self.runners[runner_id].disown()
+        await self._reconcile_snapshots()
         return listing.resource_version
+
+    # Snapshots ----------------------------------------------------------------------------------------
+
+    def snapshot_dir(self, name: str) -> Path:
+        return self.settings.data_dir / "snapshots" / name
+
+    async def _reconcile_snapshots(self) -> None:
+        """Take or delete what the controller asks for; remove local snapshots it does not know."""
+        listing = await self._retry(lambda: self.client.list_snapshots(node=self.settings.name))
+        known = {snapshot.name for snapshot in listing.items}
+        root = self.settings.data_dir / "snapshots"
+        if root.is_dir():
+            for directory in root.iterdir():
+                if directory.name not in known:
+                    log.info("removing unknown snapshot", extra={"snapshot": directory.name})
+                    await asyncio.to_thread(shutil.rmtree, directory, True)
+        for snapshot in listing.items:
+            self._on_snapshot(snapshot)
+
+    def _on_snapshot(self, snapshot: Snapshot) -> None:
+        if snapshot.node != self.settings.name:
+            return
+        if snapshot.deleting:
+            task = asyncio.create_task(self._delete_snapshot(snapshot.name))
+        elif snapshot.phase == SnapshotPhase.PENDING:
+            runner = self.runners.get(snapshot.instance)
+            if runner is not None:
+                runner.request_snapshot(snapshot.name, self._take_snapshot)
+                return
+            task = asyncio.create_task(
+                self._report_snapshot(
+                    snapshot.name,
+                    SnapshotStatusReport(
+                        node=self.settings.name,
+                        phase=SnapshotPhase.FAILED,
+                        reason="InstanceGone",
+                        message=f"instance {snapshot.instance} does not run on node {self.settings.name}",
+                    ),
+                )
+            )
+        else:
+            return
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _take_snapshot(self, runner: InstanceRunner, name: str) -> None:
+        directory = self.snapshot_dir(name)
+        report: SnapshotStatusReport
+        if runner.handle is None or not runner.driver.capabilities.snapshots:
+            report = SnapshotStatusReport(
+                node=self.settings.name,
+                phase=SnapshotPhase.FAILED,
+                reason="Unsupported" if runner.handle else "NotRunning",
+                message=f"the {runner.driver.name} runtime cannot snapshot instance {runner.id} now",
+            )
+        else:
+            started = time.monotonic()
+            try:
+                await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+                await runner.driver.snapshot(runner.handle, directory)
+            except DriverError as exc:
+                await asyncio.to_thread(shutil.rmtree, directory, True)
+                report = SnapshotStatusReport(
+                    node=self.settings.name, phase=SnapshotPhase.FAILED, reason=exc.reason, message=exc.message
+                )
+            else:
+                size = await asyncio.to_thread(_tree_size, directory)
+                took = time.monotonic() - started
+                log.info("snapshot taken", extra={"snapshot": name, "bytes": size, "seconds": round(took, 3)})
+                report = SnapshotStatusReport(
+                    node=self.settings.name,
+                    phase=SnapshotPhase.READY,
+                    reason="Taken",
+                    message=f"taken from {runner.id} in {took:.2f}s",
+                    size_bytes=size,
+                )
+        await self._report_snapshot(name, report)
+
+    async def _delete_snapshot(self, name: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, self.snapshot_dir(name), True)
+        await self._report_snapshot(name, SnapshotStatusReport(node=self.settings.name, deleted=True))
+
+    async def _report_snapshot(self, name: str, report: SnapshotStatusReport) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self.client.report_snapshot(name, report)
+                return
+            except ApiError as exc:
+                if exc.status not in (404, 409):
+                    log.error("snapshot report rejected", extra={"snapshot": name, "error": str(exc)})
+                return
+            except Unreachable:
+                log.warning("controller unreachable; will retry the snapshot report", extra={"snapshot": name})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def _adopt(self, record: InstanceRecord | None) -> Handle | None:
         """The handle of a locally recorded instance that still runs; remnants of one that does not are
@@ -192,7 +295,9 @@ class Agent:
             records=self.records,
             report=self._report,
             grace_seconds=self.settings.grace_seconds,
+            snapshot_dir=self.snapshot_dir,
             handle=handle,
+            paused=handle is not None and instance.phase == Phase.PAUSED,
         )
         self.runners[instance.id] = runner
         RUNNERS.set(len(self.runners))
@@ -207,9 +312,15 @@ class Agent:
     async def _watch_loop(self, since: int) -> None:
         while True:
             try:
-                async for event in self.client.watch(since=since, resources="instances", node=self.settings.name):
-                    instance = Instance.model_validate(event.object)
+                async for event in self.client.watch(
+                    since=since, resources="instances,snapshots", node=self.settings.name
+                ):
                     since = event.resource_version
+                    if event.resource == Resource.SNAPSHOTS:
+                        if event.type != EventType.DELETED:
+                            self._on_snapshot(Snapshot.model_validate(event.object))
+                        continue
+                    instance = Instance.model_validate(event.object)
                     if event.type == EventType.DELETED or instance.node != self.settings.name:
                         runner = self.runners.get(instance.id)
                         if runner is not None:
@@ -295,3 +406,7 @@ class Agent:
     async def shutdown(self) -> None:
         """Leave instances running: a restarted riklet adopts them."""
         RUNNERS.set(0)
+
+
+def _tree_size(directory: Path) -> int:
+    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from rik.drivers.base import Driver, DriverError, Handle, InstanceRequest
 from rik.model import DesiredState, Instance, InstanceStatusReport, Phase, PortBinding
@@ -16,6 +17,11 @@ log = logging.getLogger(__name__)
 
 #: Sends a status report; returns False when the controller says the instance is no longer ours.
 Reporter = Callable[[str, InstanceStatusReport], Awaitable[bool]]
+#: Takes a requested snapshot of this runner's instance (called from the runner's own loop).
+SnapshotTaker = Callable[["InstanceRunner", str], Awaitable[None]]
+
+
+LIVE = (Phase.RUNNING, Phase.PAUSED)
 
 
 class InstanceRunner:
@@ -28,7 +34,9 @@ class InstanceRunner:
         records: RecordStore,
         report: Reporter,
         grace_seconds: float,
+        snapshot_dir: Callable[[str], Path],
         handle: Handle | None = None,
+        paused: bool = False,
     ) -> None:
         self.id = instance.id
         self.instance = instance
@@ -38,7 +46,9 @@ class InstanceRunner:
         self._report = report
         self.grace_seconds = grace_seconds
         self.handle = handle
-        self.phase: Phase | None = Phase.RUNNING if handle else None
+        self.snapshot_dir = snapshot_dir
+        self.phase: Phase | None = (Phase.PAUSED if paused else Phase.RUNNING) if handle else None
+        self._snapshots: list[tuple[str, SnapshotTaker]] = []
         self.owned = True
         """False once the instance was deleted or moved to another node: then nothing is reported."""
         self._pending_exit: tuple[Phase, str, str] | None = None
@@ -55,6 +65,11 @@ class InstanceRunner:
     def disown(self) -> None:
         """The instance is gone from the controller or assigned elsewhere: remove it, report nothing."""
         self.owned = False
+        self._changed.set()
+
+    def request_snapshot(self, name: str, take: SnapshotTaker) -> None:
+        """Take a snapshot between two other operations of this instance, never during one."""
+        self._snapshots.append((name, take))
         self._changed.set()
 
     def exited(self, phase: Phase, reason: str, message: str) -> None:
@@ -82,11 +97,35 @@ class InstanceRunner:
                     await self._send(*exit_info)
                 elif self.handle is None and self.phase is None:
                     await self._start()
-                elif self.handle is not None and self.phase == Phase.RUNNING and self.instance.phase != Phase.RUNNING:
-                    # Adopted after a restart, or the controller missed our report.
-                    await self._send(Phase.RUNNING, "Running", "")
+                if self.handle is not None and self.phase in (Phase.RUNNING, Phase.PAUSED):
+                    await self._converge_pause()
+                    while self._snapshots:
+                        name, take = self._snapshots.pop(0)
+                        await take(self, name)
+                    if self.phase is not None and self.instance.phase != self.phase:
+                        # Adopted after a restart, or the controller missed our report.
+                        await self._send(self.phase, self.phase.value, "")
         finally:
             self.done.set()
+
+    async def _converge_pause(self) -> None:
+        assert self.handle is not None
+        want_paused = self.instance.desired_state == DesiredState.PAUSED
+        if want_paused == (self.phase == Phase.PAUSED):
+            return
+        try:
+            if want_paused:
+                await self.driver.pause(self.handle)
+                self.phase = Phase.PAUSED
+            else:
+                await self.driver.resume(self.handle)
+                self.phase = Phase.RUNNING
+        except DriverError as exc:
+            log.warning("pause/resume failed", extra={"instance": self.id, "reason": exc.reason})
+            await self._send(self.phase or Phase.RUNNING, exc.reason, exc.message)
+            return
+        log.info("instance " + self.phase.value.lower(), extra={"instance": self.id})
+        await self._send(self.phase, self.phase.value, "")
 
     async def _start(self) -> None:
         self.records.save(InstanceRecord(self.id, self.driver.name, self.instance.workload))
@@ -98,8 +137,15 @@ class InstanceRunner:
             await self._send(Phase.CREATING, reason, message)
 
         request = InstanceRequest(id=self.id, workload=self.instance.workload, spec=self.instance.spec)
+        snapshot = self.instance.spec.vm.snapshot if self.instance.spec.vm else None
         try:
-            self.handle = await self.driver.start(request, progress)
+            if snapshot:
+                directory = self.snapshot_dir(snapshot)
+                if not directory.is_dir():
+                    raise DriverError("SnapshotMissing", f"snapshot {snapshot} is not on node {self.node}")
+                self.handle = await self.driver.restore(request, directory, progress)
+            else:
+                self.handle = await self.driver.start(request, progress)
         except DriverError as exc:
             log.warning("instance failed to start", extra={"instance": self.id, "reason": exc.reason})
             await self._destroy_quietly()
@@ -145,8 +191,8 @@ class InstanceRunner:
             phase=phase,
             reason=reason[:256],
             message=message[:4096],
-            address=self.handle.address if self.handle and phase == Phase.RUNNING else None,
-            ports=list(self.handle.ports) if self.handle and phase == Phase.RUNNING else list[PortBinding](),
+            address=self.handle.address if self.handle and phase in LIVE else None,
+            ports=list(self.handle.ports) if self.handle and phase in LIVE else list[PortBinding](),
         )
         if not await self._report(self.id, report):
             self.disown()

@@ -30,6 +30,9 @@ class PendingInstance:
     runtime: str
     cpu: int
     memory: int
+    only_on: frozenset[str] | None = None
+    """When set, the only nodes it may go to (e.g. those holding the snapshot it restores)."""
+    only_on_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,10 @@ def plan(
         feasible = [
             r
             for r in rooms
-            if instance.runtime in r.view.runtimes and r.cpu_free >= instance.cpu and r.memory_free >= instance.memory
+            if (instance.only_on is None or r.view.name in instance.only_on)
+            and instance.runtime in r.view.runtimes
+            and r.cpu_free >= instance.cpu
+            and r.memory_free >= instance.memory
         ]
         if not feasible:
             result.unschedulable[instance.id] = _why_not(rooms, instance)
@@ -94,13 +100,19 @@ def _why_not(rooms: list[_Room], instance: PendingInstance) -> str:
         return "no Ready node"
     reasons: Counter[str] = Counter()
     for room in rooms:
-        if instance.runtime not in room.view.runtimes:
+        if instance.only_on is not None and room.view.name not in instance.only_on:
+            reasons[instance.only_on_reason or "not eligible"] += 1
+        elif instance.runtime not in room.view.runtimes:
             reasons[f"no {instance.runtime} runtime"] += 1
         elif room.memory_free < instance.memory:
             reasons["insufficient memory"] += 1
         else:
             reasons["insufficient cpu"] += 1
-    able = [r for r in rooms if instance.runtime in r.view.runtimes]
+    able = [
+        r
+        for r in rooms
+        if instance.runtime in r.view.runtimes and (instance.only_on is None or r.view.name in instance.only_on)
+    ]
     detail = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
     message = f"0/{len(rooms)} nodes can run it: {detail}"
     if able:

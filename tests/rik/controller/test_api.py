@@ -36,7 +36,7 @@ async def test_workload_creates_its_replicas_and_they_are_placed(api: httpx.Asyn
     assert (await api.post("/api/v1/nodes", json=node("n1"))).status_code == 200
     created = await api.post("/api/v1/workloads", json=manifest(replicas=3))
     assert created.status_code == 201, created.text
-    assert created.json()["status"] == {"replicas": 3, "running": 0, "pending": 3, "failed": 0}
+    assert created.json()["status"] == {"replicas": 3, "running": 0, "pending": 3, "failed": 0, "paused": 0}
 
     await schedule(api)
     placed = await instances(api, workload="web")

@@ -37,7 +37,9 @@ def _resources(value: str | None) -> set[Resource]:
     try:
         return {Resource(part.strip()) for part in value.split(",") if part.strip()}
     except ValueError as exc:
-        raise Invalid(f"resources: {exc}; expected a comma-separated subset of workloads,instances,nodes") from exc
+        raise Invalid(
+            f"resources: {exc}; expected a comma-separated subset of workloads,instances,nodes,snapshots"
+        ) from exc
 
 
 @router.get(

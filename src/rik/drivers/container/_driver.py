@@ -260,6 +260,18 @@ class ContainerDriver:
         logger.info("container recovered", extra={"instance": instance_id})
         return Handle(id=instance_id, driver=self.name, address=state.get("ip"), ports=ports, state=dict(state))
 
+    async def pause(self, handle: Handle) -> None:
+        raise _unsupported("pause")
+
+    async def resume(self, handle: Handle) -> None:
+        raise _unsupported("resume")
+
+    async def snapshot(self, handle: Handle, directory: Path) -> None:
+        raise _unsupported("snapshots")
+
+    async def restore(self, request: InstanceRequest, snapshot: Path, progress: ProgressCallback) -> Handle:
+        raise _unsupported("snapshots")
+
     async def logs(self, handle: Handle, tail_bytes: int | None) -> bytes:
         return await asyncio.to_thread(_read_tail, self._paths(handle.id).log, tail_bytes)
 
@@ -389,3 +401,7 @@ def _read_tail(path: Path, tail_bytes: int | None) -> bytes:
             return log.read()
     except FileNotFoundError:
         return b""
+
+
+def _unsupported(feature: str) -> DriverError:
+    return DriverError("Unsupported", f"containers do not support {feature}; use a VM workload")
