@@ -10,9 +10,11 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from rik.controller.tables import RV_COUNTER, CounterRow
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -53,11 +55,17 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A write transaction. Writers are serialised: on SQLite by a lock in this process (SQLite
+        has one writer anyway), on PostgreSQL by locking the resource-version counter row first.
+        Taking that one lock before any other makes deadlocks between writers impossible, and
+        resource versions commit in order, which the watch relies on."""
         async with (
             self._write_lock if self.is_sqlite else _nullcontext(),
             self.sessions() as session,
             session.begin(),
         ):
+            if not self.is_sqlite:
+                await session.execute(select(CounterRow.value).where(CounterRow.name == RV_COUNTER).with_for_update())
             yield session
             for hook in session.info.pop("before_commit", []):
                 await hook(session)

@@ -14,7 +14,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rik.controller.errors import Conflict, Gone, Invalid, NotFound
-from rik.controller.tables import CounterRow, EventRow, InstanceRow, LeaseRow, NodeRow, WorkloadRow
+from rik.controller.tables import RV_COUNTER, CounterRow, EventRow, InstanceRow, LeaseRow, NodeRow, WorkloadRow
 from rik.model import (
     ACTIVE_PHASES,
     DesiredState,
@@ -31,8 +31,6 @@ from rik.model import (
     WorkloadManifest,
     WorkloadSpec,
 )
-
-RV_COUNTER = "resource_version"
 
 
 def now() -> datetime:

@@ -79,6 +79,10 @@ class EventRow(Base):
     created_at: Mapped[datetime]
 
 
+RV_COUNTER = "resource_version"
+"""The counter row that numbers every change."""
+
+
 class CounterRow(Base):
     """Holds the resource-version counter. Incrementing it row-locks, which orders every writing
     transaction, so resource versions commit in increasing order and a watcher never skips one."""

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,25 @@ import pytest
 import uvicorn
 
 from rik.controller.app import ControllerSettings, create_app
+from tests.support.postgres import create_database, postgres_server
 
 ControllerFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
 
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'controller.db'}"
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """One PostgreSQL server for the session; each test gets its own database in it."""
+    with postgres_server() as address:
+        yield address
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every controller test runs on SQLite and on PostgreSQL (the latter is an e2e test: it starts a server)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'controller.db'}"
+    address: str = request.getfixturevalue("postgres")
+    return create_database(address, f"rik_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture
