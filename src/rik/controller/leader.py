@@ -76,6 +76,7 @@ class LeaderLoop:
         self.db = db
         self.settings = settings
         self.is_leader = False
+        self._leading_since = 0.0
         self._wake = asyncio.Event()
 
     def poke(self) -> None:
@@ -106,6 +107,7 @@ class LeaderLoop:
             )
         if leader != self.is_leader:
             log.info("leadership changed", extra={"leader": leader, "identity": self.settings.identity})
+            self._leading_since = time.monotonic()
         self.is_leader = leader
         IS_LEADER.set(1 if leader else 0)
         if not leader:
@@ -114,6 +116,11 @@ class LeaderLoop:
         await self.schedule()
 
     async def mark_lost_nodes(self) -> None:
+        """Mark nodes that stopped heartbeating. A controller that just became leader (or just started)
+        first waits one node timeout: heartbeats sent while no controller was up were lost, and the
+        nodes must get the chance to send new ones before they are judged."""
+        if time.monotonic() - self._leading_since < self.settings.node_timeout:
+            return
         deadline = store.now() - timedelta(seconds=self.settings.node_timeout)
         async with self.db.transaction() as session:
             lost = await store.mark_lost_nodes(session, deadline)

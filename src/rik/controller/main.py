@@ -44,5 +44,5 @@ def main(argv: list[str] | None = None) -> None:
         port=int(port),
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=3,
     )

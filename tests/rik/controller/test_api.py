@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 import httpx
+from sqlalchemy import update
 
+from rik.controller import store
 from rik.controller.app import ControllerSettings, create_app
+from rik.controller.database import Database
+from rik.controller.tables import NodeRow
 from tests.rik.controller.conftest import ControllerFactory, manifest, node
 
 
@@ -260,3 +265,31 @@ async def test_instance_delete_makes_room_for_a_replacement(api: httpx.AsyncClie
     assert (await api.delete(f"/api/v1/instances/{instance['id']}")).status_code == 200
     wanted = [i for i in await instances(api) if i["desired_state"] == "Running"]
     assert len(wanted) == 1 and wanted[0]["id"] != instance["id"]
+
+
+async def test_a_new_leader_gives_nodes_one_timeout_to_heartbeat(
+    controller_factory: ControllerFactory, database_url: str
+) -> None:
+    async with controller_factory(node_timeout=1.0, lease_ttl=0.5) as api:
+        await api.post("/api/v1/nodes", json=node("n1"))
+    # The control plane stays down far longer than the node timeout: heartbeats sent meanwhile were lost.
+    db = Database(database_url)
+    async with db.transaction() as session:
+        await session.execute(update(NodeRow).values(last_heartbeat=store.now() - timedelta(hours=1)))
+    await db.close()
+
+    async with controller_factory(node_timeout=1.0, lease_ttl=0.5) as api:
+        leader = api.app.state.controller.leader  # type: ignore[attr-defined]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while not leader.is_leader and loop.time() < deadline:  # the old leader's lease expires
+            await leader._step()
+            await asyncio.sleep(0.05)
+        assert leader.is_leader
+        await leader.mark_lost_nodes()
+        assert (await api.get("/api/v1/nodes/n1")).json()["status"] == "Ready"
+        # Without a heartbeat within the timeout the node is lost after all.
+        deadline = loop.time() + 5
+        while (await api.get("/api/v1/nodes/n1")).json()["status"] == "Ready" and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        assert (await api.get("/api/v1/nodes/n1")).json()["status"] == "NotReady"
