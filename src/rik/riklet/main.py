@@ -18,6 +18,7 @@ from rik import logs
 from rik.client import RikClient
 from rik.drivers.base import Driver, Handle
 from rik.drivers.container import ContainerDriver
+from rik.drivers.vm import GuestAssets, VMDriver
 from rik.images import ImageStore
 from rik.network import NodeNetwork
 from rik.riklet.agent import Agent, DriverFactory, RikletSettings
@@ -70,6 +71,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--insecure-registry", action="append", default=[], help="plain-HTTP registry host:port")
     parser.add_argument("--heartbeat-interval", type=float, default=2.0)
     parser.add_argument("--container-runtime", choices=["runc", "crun"], default=None)
+    parser.add_argument(
+        "--guest-dir",
+        type=Path,
+        default=Path("/var/lib/rik/guest"),
+        help="guest kernel and initramfs for VMs, provisioned once and shared by the riklets of a machine",
+    )
+    parser.add_argument("--vm-disk-cache", type=int, default=8192, help="MiB of cached VM root disks")
+    parser.add_argument("--vm-accel", choices=["kvm", "tcg"], default=None, help="skip the acceleration probe")
     parser.add_argument("--log-level", default=os.environ.get("RIK_LOG_LEVEL", "INFO"))
     parser.add_argument(
         "--teardown",
@@ -96,30 +105,43 @@ def main(argv: list[str] | None = None) -> None:
 
     subnet_file = data_dir / "subnet"
 
-    def node_parts(subnet: IPv4Network) -> tuple[NodeNetwork, ContainerDriver]:
+    def node_parts(subnet: IPv4Network) -> tuple[NodeNetwork, ContainerDriver, VMDriver]:
         network = NodeNetwork(args.bridge, subnet, data_dir / "network", host_address=address)
         images = ImageStore(data_dir / "images", insecure_registries=args.insecure_registry)
-        return network, ContainerDriver(data_dir / "containers", network, images, runtime=args.container_runtime)
+        container = ContainerDriver(data_dir / "containers", network, images, runtime=args.container_runtime)
+        vm = VMDriver(
+            data_dir / "vms",
+            network,
+            images,
+            assets=GuestAssets(args.guest_dir),
+            disk_cache_mib=args.vm_disk_cache,
+            accel=args.vm_accel,
+        )
+        return network, container, vm
 
     async def build_drivers(subnet: IPv4Network) -> Mapping[str, Driver]:
         data_dir.mkdir(parents=True, exist_ok=True)
         subnet_file.write_text(str(subnet))
-        network, container = node_parts(subnet)
+        network, container, vm = node_parts(subnet)
         await network.setup()
-        return {"container": container}
+        return {"container": container, "vm": vm}
 
     if args.teardown:
         if not subnet_file.is_file():
             log.info("nothing to tear down", extra={"data_dir": str(data_dir)})
             return
-        network, container = node_parts(IPv4Network(subnet_file.read_text().strip()))
-        asyncio.run(teardown(settings, network, {"container": container}, container))
+        network, container, vm = node_parts(IPv4Network(subnet_file.read_text().strip()))
+        asyncio.run(teardown(settings, network, {"container": container, "vm": vm}, container, vm))
         return
     asyncio.run(serve(settings, args.controller, build_drivers, host or "0.0.0.0", int(port)))
 
 
 async def teardown(
-    settings: RikletSettings, network: NodeNetwork, drivers: Mapping[str, Driver], container: ContainerDriver
+    settings: RikletSettings,
+    network: NodeNetwork,
+    drivers: Mapping[str, Driver],
+    container: ContainerDriver,
+    vm: VMDriver,
 ) -> None:
     """Destroy every instance recorded on this node, then the node's network. Instances are not
     reported to the controller: use it when the node leaves the cluster or the platform stops."""
@@ -135,6 +157,8 @@ async def teardown(
         log.info("instance removed", extra={"instance": record.id})
     for instance_id in await container.instance_ids():
         await container.destroy(Handle(id=instance_id, driver=container.name))
+    for instance_id in await vm.instance_ids():
+        await vm.destroy(Handle(id=instance_id, driver=vm.name))
     await network.teardown()
     log.info("node torn down", extra={"node": settings.name})
 

@@ -7,6 +7,8 @@ import logging
 import os
 from pathlib import Path
 
+from rik.drivers.process import resolv_conf
+
 logger = logging.getLogger(__name__)
 
 
@@ -30,25 +32,7 @@ def write_network_files(upper: Path, lower: Path, hostname: str, address: str) -
     (etc / "hosts").write_text(
         f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{address}\t{hostname}\n"
     )
-    (etc / "resolv.conf").write_text(_resolv_conf())
-
-
-def _resolv_conf() -> str:
-    lines: list[str] = []
-    try:
-        host = Path("/etc/resolv.conf").read_text().splitlines()
-    except OSError:
-        host = []
-    for line in host:
-        words = line.split()
-        if not words or words[0].startswith(("#", ";")):
-            continue
-        if words[0] == "nameserver" and (len(words) < 2 or words[1].startswith(("127.", "::1"))):
-            continue
-        lines.append(line.strip())
-    if not any(line.startswith("nameserver") for line in lines):
-        lines.append("options timeout:1 attempts:1")
-    return "\n".join(lines) + "\n"
+    (etc / "resolv.conf").write_text(resolv_conf())
 
 
 def is_mounted(path: Path) -> bool:

@@ -9,30 +9,11 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from rik.images import ImageConfig
-from rik.model import WorkloadSpec
+from rik.drivers.process import DEFAULT_PATH, process_args, process_env
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+__all__ = ["DEFAULT_PATH", "Limits", "container_config", "probe_config", "process_args", "process_env"]
+
 CPU_PERIOD_US = 100_000
-
-
-def process_args(spec: WorkloadSpec, image: ImageConfig) -> list[str]:
-    """The command line, with Kubernetes' rules (Docker's, for entrypoint/cmd):
-
-    `command` replaces the image's Entrypoint and, when `args` is unset, also drops its Cmd; `args`
-    replaces Cmd and keeps the Entrypoint.
-    """
-    if spec.command is not None:
-        return [*spec.command, *(spec.args or [])]
-    return [*image.entrypoint, *(spec.args if spec.args is not None else image.cmd)]
-
-
-def process_env(spec: WorkloadSpec, image: ImageConfig, hostname: str) -> list[str]:
-    """The image's environment, overridden by the spec's; PATH and HOSTNAME always set."""
-    env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname}
-    env.update(image.env)
-    env.update(spec.env)
-    return [f"{name}={value}" for name, value in env.items()]
 
 
 @dataclass(frozen=True)
