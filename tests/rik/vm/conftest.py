@@ -127,7 +127,9 @@ async def http_get(url: str, timeout: float = 10.0) -> tuple[int, str]:
             await asyncio.sleep(0.05)
 
 
-def qemu_pids() -> set[int]:
+def qemu_pids(marker: str = "") -> set[int]:
+    """Live QEMU processes whose command line mentions `marker` (a test's own directory: QEMU
+    processes of other tests or programs on the machine are not this test's business)."""
     pids = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -136,7 +138,8 @@ def qemu_pids() -> set[int]:
                 cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"qemu-system" in cmdline and stat.rsplit(")", 1)[1].split()[0] != "Z":
+            alive = stat.rsplit(")", 1)[1].split()[0] != "Z"
+            if b"qemu-system" in cmdline and marker.encode() in cmdline and alive:
                 pids.add(int(entry.name))
     return pids
 
@@ -149,9 +152,9 @@ def netns_names() -> set[str]:
 
 
 @pytest.fixture
-def no_leftovers() -> Iterator[None]:
+def no_leftovers(tmp_path: Path) -> Iterator[None]:
     """Fail if the test leaves a QEMU process or a network namespace behind."""
-    before_pids, before_netns = qemu_pids(), netns_names()
+    before_pids, before_netns = qemu_pids(str(tmp_path)), netns_names()
     yield
-    assert qemu_pids() - before_pids == set()
+    assert qemu_pids(str(tmp_path)) - before_pids == set()
     assert netns_names() - before_netns == set()
