@@ -123,8 +123,9 @@ class RikClient:
         response = await self._request("GET", f"/api/v1/instances/{instance_id}")
         return Instance.model_validate_json(response.content)
 
-    async def delete_instance(self, instance_id: str) -> Instance:
-        response = await self._request("DELETE", f"/api/v1/instances/{instance_id}")
+    async def delete_instance(self, instance_id: str, *, scale_down: bool = False) -> Instance:
+        params = {"scale_down": "true"} if scale_down else {}
+        response = await self._request("DELETE", f"/api/v1/instances/{instance_id}", params=params)
         return Instance.model_validate_json(response.content)
 
     async def report_status(self, instance_id: str, report: InstanceStatusReport) -> Instance | None:

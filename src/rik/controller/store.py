@@ -434,17 +434,30 @@ async def list_instances(
     return [instance_model(row, nodes.get(row.node or "")) for row in rows]
 
 
-async def delete_instance(session: AsyncSession, instance_id: str) -> Instance:
-    """Delete one instance; its workload gets a replacement if it still wants the replicas."""
+async def delete_instance(session: AsyncSession, instance_id: str, *, scale_down: bool = False) -> Instance:
+    """Delete one instance. Its workload gets a replacement if it still wants the replicas, unless
+    `scale_down`: then the workload's replicas drop by one in the same transaction, so exactly this
+    instance goes (what an autoscaler removing an idle instance needs)."""
     row = await session.get(InstanceRow, instance_id, with_for_update=True)
     if row is None:
         raise NotFound(f"instance {instance_id!r} not found")
     gone = instance_model(row)
-    await _request_instance_deletion(session, row, "Deleted")
-    workload = await session.get(WorkloadRow, gone.workload)
-    if workload is not None:
-        await session.flush()
-        await _reconcile_replicas(session, workload)
+    if row.desired_state == DesiredState.DELETED.value:
+        return gone
+    await _request_instance_deletion(session, row, "ScaledDown" if scale_down else "Deleted")
+    workload = await session.get(WorkloadRow, gone.workload, with_for_update=True)
+    if workload is None:
+        return gone
+    await session.flush()
+    if scale_down:
+        rv = await next_resource_version(session)
+        workload.spec = {**workload.spec, "replicas": max(0, int(workload.spec.get("replicas", 1)) - 1)}
+        workload.resource_version = rv
+        workload.updated_at = now()
+        instances = await _instances_of(session, workload.name)
+        dump = _workload_dump(workload, instances)
+        await record_event(session, Resource.WORKLOADS, EventType.MODIFIED, workload.name, dump, rv)
+    await _reconcile_replicas(session, workload)
     return gone
 
 

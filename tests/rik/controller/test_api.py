@@ -293,3 +293,15 @@ async def test_a_new_leader_gives_nodes_one_timeout_to_heartbeat(
         while (await api.get("/api/v1/nodes/n1")).json()["status"] == "Ready" and loop.time() < deadline:
             await asyncio.sleep(0.1)
         assert (await api.get("/api/v1/nodes/n1")).json()["status"] == "NotReady"
+
+
+async def test_deleting_an_instance_with_scale_down_removes_exactly_it(api: httpx.AsyncClient) -> None:
+    await api.post("/api/v1/nodes", json=node("n1"))
+    await api.post("/api/v1/workloads", json=manifest(replicas=3))
+    await schedule(api)
+    chosen = (await instances(api))[1]
+    response = await api.delete(f"/api/v1/instances/{chosen['id']}", params={"scale_down": "true"})
+    assert response.status_code == 200
+    assert (await api.get("/api/v1/workloads/web")).json()["spec"]["replicas"] == 2
+    remaining = [i for i in await instances(api) if i["desired_state"] == "Running"]
+    assert len(remaining) == 2 and chosen["id"] not in {i["id"] for i in remaining}

@@ -43,9 +43,15 @@ async def get_instance(instance_id: str, controller: Controller) -> Instance:
 
 
 @router.delete("/{instance_id}", response_model=Instance, responses=ERRORS)
-async def delete_instance(instance_id: str, controller: Controller) -> Instance:
+async def delete_instance(
+    instance_id: str,
+    controller: Controller,
+    scale_down: Annotated[
+        bool, Query(description="also lower the workload's replicas by one, so no replacement is created")
+    ] = False,
+) -> Instance:
     async with controller.db.transaction() as session:
-        gone = await store.delete_instance(session, instance_id)
+        gone = await store.delete_instance(session, instance_id, scale_down=scale_down)
     controller.leader.poke()
     return gone
 
