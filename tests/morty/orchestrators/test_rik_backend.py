@@ -5,12 +5,12 @@ and exactly the instance asked for goes away."""
 from __future__ import annotations
 
 import pytest
-from tests.rik.e2e._cluster import Cluster, http_get
-from tests.rik.e2e.conftest import INDEX_HTML
 
 from morty.orchestrators.base import DeploymentSpec, Isolation, OrchestratorError, StartPath
 from morty.orchestrators.rik import RikOrchestrator
 from rik.client import RikClient
+from tests.rik.e2e._cluster import Cluster, http_get
+from tests.rik.e2e.conftest import INDEX_HTML
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
