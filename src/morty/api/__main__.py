@@ -1,0 +1,3 @@
+from morty.api.main import main
+
+main()

@@ -1,0 +1,133 @@
+"""Morty APIs' ASGI application: routers, error mapping, metrics, health, and start-up work
+(migrations, keys, handing queued builds to the build queue)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from sqlalchemy import text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from morty import __version__
+from morty.api import keys, store
+from morty.api.builds import BuildQueue, NoBuilderQueue
+from morty.api.database import Database
+from morty.api.routes import aliases, builds, errors, functions, invocations, runtimes, secrets, uploads, versions
+from morty.api.routes.deps import MortyState
+from morty.api.settings import Settings
+from morty.storage.base import CodeStore
+from morty.storage.local import LocalCodeStore
+from morty.storage.s3 import S3CodeStore
+from morty.storage.signing import UploadSigner
+
+log = logging.getLogger(__name__)
+REQUESTS = Counter("morty_api_requests_total", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram("morty_api_request_seconds", "HTTP request latency", ["method", "route"])
+
+
+class _Metrics:
+    """Counts requests by route template (not raw path, which would explode the label set)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "(unmatched)")
+            REQUESTS.labels(scope["method"], route, str(status)).inc()
+            LATENCY.labels(scope["method"], route).observe(time.perf_counter() - started)
+
+
+def make_code_store(settings: Settings, master: bytes) -> CodeStore:
+    if settings.code_store == "local":
+        signer = UploadSigner(keys.derive(master, "upload-urls"))
+        return LocalCodeStore(settings.data_dir / "code", signer, settings.public_url)
+    if settings.code_store == "s3":
+        if not settings.s3_bucket:
+            raise ValueError("the S3 code store needs a bucket (MORTY_S3_BUCKET / --s3-bucket)")
+        return S3CodeStore(
+            settings.s3_bucket, prefix=settings.s3_prefix, endpoint_url=settings.s3_endpoint, region=settings.s3_region
+        )
+    raise ValueError(f"unknown code store {settings.code_store!r}; expected local or s3")
+
+
+def create_app(
+    settings: Settings, *, build_queue: BuildQueue | None = None, code_store: CodeStore | None = None
+) -> FastAPI:
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    master = keys.master_key(settings.secret_key, settings.data_dir)
+    db = Database(settings.database)
+    morty = MortyState(
+        settings=settings,
+        db=db,
+        box=keys.SecretBox(keys.derive(master, "secrets")),
+        code_store=code_store or make_code_store(settings, master),
+        build_queue=build_queue or NoBuilderQueue(),
+        token=keys.management_token(settings.token, settings.data_dir),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await db.migrate()
+        async with db.transaction() as session:
+            queued = await store.requeue_interrupted_builds(session)
+        for build_id in queued:
+            await morty.build_queue.enqueue(build_id)
+        log.info(
+            "Morty APIs ready",
+            extra={"code_store": settings.code_store, "queued_builds": len(queued), "public_url": settings.public_url},
+        )
+        try:
+            yield
+        finally:
+            await db.close()
+
+    app = FastAPI(
+        title="Morty APIs",
+        version=__version__,
+        description=(
+            "Functions, versions, aliases, builds and invocation records of Morty, a self-hosted "
+            "Functions-as-a-Service platform. Every route under /v1 needs `Authorization: Bearer <token>`, "
+            "except the pre-signed upload URLs."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.morty = morty
+    errors.install(app)
+    for module in (functions, secrets, versions, uploads, aliases, builds, invocations, runtimes):
+        app.include_router(module.router)
+
+    @app.get("/healthz", tags=["meta"])
+    async def healthz() -> dict[str, Any]:
+        async with db.read() as session:
+            await session.execute(text("SELECT 1"))
+        return {"status": "ok", "version": __version__, "code_store": settings.code_store}
+
+    @app.get("/metrics", tags=["meta"], response_class=Response)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    errors.document(app)
+    app.add_middleware(_Metrics)
+    return app

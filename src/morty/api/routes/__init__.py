@@ -1,0 +1,1 @@
+"""Morty APIs' HTTP routes under `/v1`, one module per resource."""

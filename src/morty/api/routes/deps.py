@@ -1,0 +1,58 @@
+"""Objects the handlers share (reached through the application state) and the bearer-token check."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from morty.api.builds import BuildQueue
+from morty.api.database import Database
+from morty.api.errors import Unauthorized
+from morty.api.keys import SecretBox
+from morty.api.models import ErrorBody
+from morty.api.settings import Settings
+from morty.storage.base import CodeStore
+
+
+@dataclass
+class MortyState:
+    settings: Settings
+    db: Database
+    box: SecretBox
+    code_store: CodeStore
+    build_queue: BuildQueue
+    token: str
+
+
+def state(request: Request) -> MortyState:
+    morty: MortyState = request.app.state.morty
+    return morty
+
+
+Morty = Annotated[MortyState, Depends(state)]
+
+_bearer = HTTPBearer(auto_error=False, description="The management token (`MORTY_TOKEN`).")
+
+
+async def require_token(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    if credentials is None:
+        raise Unauthorized("authentication required: send the header 'Authorization: Bearer <token>' (MORTY_TOKEN)")
+    if not hmac.compare_digest(credentials.credentials.encode(), state(request).token.encode()):
+        raise Unauthorized("invalid bearer token")
+
+
+AUTHENTICATED: dict[str, Any] = {
+    "dependencies": [Depends(require_token)],
+    "responses": {401: {"model": ErrorBody, "description": "missing or invalid bearer token"}},
+}
+"""Keyword arguments for an `APIRouter` whose routes all need the management token."""
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorBody} for status in statuses}

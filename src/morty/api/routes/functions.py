@@ -1,0 +1,59 @@
+"""`/v1/functions`: create, list, get, update configuration, delete."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter
+
+from morty.api import store
+from morty.api.models import Function, FunctionCreate, FunctionDeleted, FunctionList, FunctionPatch
+from morty.api.routes.deps import AUTHENTICATED, Morty, errors
+
+router = APIRouter(prefix="/v1/functions", tags=["functions"], **AUTHENTICATED)
+log = logging.getLogger(__name__)
+
+
+@router.post("", status_code=201, response_model=Function, responses=errors(409, 422))
+async def create_function(request: FunctionCreate, morty: Morty) -> Function:
+    async with morty.db.transaction() as session:
+        function = await store.create_function(session, request)
+    log.info("function created", extra={"function": function.name, "runtime": function.runtime})
+    return function
+
+
+@router.get("", response_model=FunctionList)
+async def list_functions(morty: Morty) -> FunctionList:
+    async with morty.db.read() as session:
+        return FunctionList(items=await store.list_functions(session))
+
+
+@router.get("/{name}", response_model=Function, responses=errors(404))
+async def get_function(name: str, morty: Morty) -> Function:
+    async with morty.db.read() as session:
+        return await store.get_function(session, name)
+
+
+@router.patch("/{name}", response_model=Function, responses=errors(404, 409, 422))
+async def update_function(name: str, patch: FunctionPatch, morty: Morty) -> Function:
+    """Change configuration fields; those left out keep their value."""
+    async with morty.db.transaction() as session:
+        function = await store.update_function(session, name, patch)
+    log.info("function updated", extra={"function": name, "fields": sorted(patch.model_fields_set)})
+    return function
+
+
+@router.delete("/{name}", response_model=FunctionDeleted, responses=errors(404))
+async def delete_function(name: str, morty: Morty) -> FunctionDeleted:
+    """Delete the function with its secrets, versions, aliases, builds, invocation records and code
+    archives. (Its instances, orchestrator workloads and images will be removed through the
+    orchestrator and the builder once those are attached to Morty APIs.)"""
+    async with morty.db.transaction() as session:
+        deleted, keys = await store.delete_function(session, name)
+    for key in keys:
+        try:
+            await morty.code_store.delete(key)
+        except Exception:
+            log.warning("could not delete a code object", extra={"function": name, "key": key}, exc_info=True)
+    log.info("function deleted", extra={"function": name, **deleted.model_dump(exclude={"name"})})
+    return deleted

@@ -1,0 +1,156 @@
+"""In-process Morty APIs: the real app served by uvicorn on a loopback port, on SQLite and (e2e)
+PostgreSQL, with a real data directory. Uploads go over real HTTP to the signed URLs it returns."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import logging
+import socket
+import uuid
+import zipfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from morty.api.app import create_app
+from morty.api.settings import Settings
+from tests.support.postgres import create_database, postgres_server
+
+TOKEN = "test-token-0123456789"
+MortyFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture(autouse=True)
+def _log_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    """Run Morty's log calls for real: a bad `extra=` only fails once INFO is enabled."""
+    caplog.set_level(logging.INFO, logger="morty")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    with postgres_server() as address:
+        yield address
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every API test runs on SQLite and on PostgreSQL (the latter is an e2e test: it starts a server)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'morty.db'}"
+    address: str = request.getfixturevalue("postgres")
+    return create_database(address, f"morty_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def morty_factory(database_url: str, data_dir: Path) -> MortyFactory:
+    @asynccontextmanager
+    async def start(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        settings = dataclasses.replace(
+            Settings(),
+            data_dir=data_dir,
+            database_url=database_url,
+            public_url=f"http://127.0.0.1:{port}",
+            token=TOKEN,
+            **overrides,
+        )
+        app = create_app(settings)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        try:
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}", timeout=10, headers={"Authorization": f"Bearer {TOKEN}"}
+            ) as client:
+                client.app = app  # type: ignore[attr-defined]
+                yield client
+        finally:
+            server.should_exit = True
+            await task
+
+    return start
+
+
+@pytest.fixture
+async def api(morty_factory: MortyFactory) -> AsyncIterator[httpx.AsyncClient]:
+    async with morty_factory() as client:
+        yield client
+
+
+def zip_bytes(files: dict[str, str] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in (files or {"handler.py": "def handler(request):\n    return 'hello'\n"}).items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+async def create_function(api: httpx.AsyncClient, name: str = "hello", **config: Any) -> dict[str, Any]:
+    response = await api.post("/v1/functions", json={"name": name, "runtime": "python3.11", **config})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def create_version(api: httpx.AsyncClient, name: str, version: str) -> dict[str, Any]:
+    response = await api.post(f"/v1/functions/{name}/versions", json={"version": version})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def upload(url: str, content: bytes) -> httpx.Response:
+    """PUT to a pre-signed URL as a client would: no bearer token."""
+    async with httpx.AsyncClient(timeout=10) as plain:
+        return await plain.put(url, content=content, headers={"Content-Type": "application/octet-stream"})
+
+
+async def deploy(api: httpx.AsyncClient, name: str, version: str) -> dict[str, Any]:
+    """Create and upload a version; returns the upload result (version uploaded, build queued)."""
+    created = await create_version(api, name, version)
+    response = await upload(created["upload"]["url"], zip_bytes())
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def finish_build(api: httpx.AsyncClient, build_id: str, *, succeeded: bool = True) -> None:
+    """Play the builder's part through the store functions it will call."""
+    from morty.api import store
+
+    db = api.app.state.morty.db  # type: ignore[attr-defined]
+    async with db.transaction() as session:
+        await store.start_build(session, build_id)
+    async with db.transaction() as session:
+        await store.append_build_log(session, build_id, "installing dependencies\n")
+    async with db.transaction() as session:
+        await store.finish_build(
+            session,
+            build_id,
+            succeeded=succeeded,
+            message="built" if succeeded else "pip install failed: no such package",
+            image="127.0.0.1:5000/fn/hello@sha256:" + "a" * 64 if succeeded else None,
+            digest="sha256:" + "a" * 64 if succeeded else None,
+        )
+
+
+async def ready_version(api: httpx.AsyncClient, name: str, version: str, *, succeeded: bool = True) -> None:
+    uploaded = await deploy(api, name, version)
+    await finish_build(api, uploaded["build"]["id"], succeeded=succeeded)
