@@ -124,7 +124,8 @@ class WorkloadSpec(_Input):
         min_length=1,
         max_length=512,
         pattern=r"^\S+$",
-        description="OCI image reference (`registry/repo:tag`, `repo@sha256:...`) or `oci:/path/layout:tag`.",
+        description="OCI image reference (`registry/repo:tag`, `repo@sha256:...`) or `oci:/path/layout:tag`;"
+        " for kind VM also a raw ext4 root disk, `file:///path/disk.ext4` or `.qcow2`, or an http(s) URL of one.",
     )
     command: list[Annotated[str, StringConstraints(max_length=4096)]] | None = Field(
         default=None, max_length=256, description="Replaces the image's entrypoint."

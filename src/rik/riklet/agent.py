@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge
 
@@ -76,7 +76,7 @@ class Agent:
         self.runners: dict[str, InstanceRunner] = {}
         self.node: Node | None = None
         self.ready = asyncio.Event()
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
 
     # Start-up -----------------------------------------------------------------------------------------
 
@@ -191,8 +191,7 @@ class Agent:
             )
         else:
             return
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._keep(task)
 
     async def _take_snapshot(self, runner: InstanceRunner, name: str) -> None:
         directory = self.snapshot_dir(name)
@@ -276,15 +275,17 @@ class Agent:
         driver_name = DRIVER_FOR_KIND[instance.kind]
         driver = self.drivers.get(driver_name)
         if driver is None:
-            asyncio.create_task(
-                self._report(
-                    instance.id,
-                    InstanceStatusReport(
-                        node=self.settings.name,
-                        phase=Phase.TERMINATED if instance.desired_state == DesiredState.DELETED else Phase.FAILED,
-                        reason="RuntimeUnavailable",
-                        message=f"the {driver_name} runtime does not work on node {self.settings.name}",
-                    ),
+            self._keep(
+                asyncio.create_task(
+                    self._report(
+                        instance.id,
+                        InstanceStatusReport(
+                            node=self.settings.name,
+                            phase=Phase.TERMINATED if instance.desired_state == DesiredState.DELETED else Phase.FAILED,
+                            reason="RuntimeUnavailable",
+                            message=f"the {driver_name} runtime does not work on node {self.settings.name}",
+                        ),
+                    )
                 )
             )
             return
@@ -301,8 +302,16 @@ class Agent:
         )
         self.runners[instance.id] = runner
         RUNNERS.set(len(self.runners))
-        task = asyncio.create_task(runner.run(), name=f"instance-{instance.id}")
+        task = self._keep(asyncio.create_task(runner.run(), name=f"instance-{instance.id}"))
         task.add_done_callback(partial(self._forget, instance.id, runner))
+
+    def _keep(self, task: asyncio.Task[T]) -> asyncio.Task[T]:
+        """Hold a strong reference until `task` is done: the event loop keeps only weak ones, and a task
+        whose awaited future nothing else references is garbage-collected mid-flight (its coroutine is
+        closed: a runner stopped halfway through a restore, its instance stuck in Creating)."""
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     def _forget(self, instance_id: str, runner: InstanceRunner, _task: object) -> None:
         if self.runners.get(instance_id) is runner:

@@ -55,6 +55,8 @@ class InstanceRunner:
         self._changed = asyncio.Event()
         self._changed.set()
         self.done = asyncio.Event()
+        self._queued_report: asyncio.Task[None] | None = None
+        """The last report queued by `_post`; the next report goes after it."""
 
     # Inputs from the agent ----------------------------------------------------------------------------
 
@@ -129,12 +131,14 @@ class InstanceRunner:
 
     async def _start(self) -> None:
         self.records.save(InstanceRecord(self.id, self.driver.name, self.instance.workload))
-        await self._send(Phase.CREATING, "Creating", "")
+        # Not awaited: the start begins at once. Should the controller answer that the instance is no longer
+        # ours, the runner is disowned and removes the instance after the start, as for a delete meanwhile.
+        self._post(Phase.CREATING, "Creating", "")
         if self.wants_removal:
             return
 
         async def progress(reason: str, message: str) -> None:
-            await self._send(Phase.CREATING, reason, message)
+            self._post(Phase.CREATING, reason, message)
 
         request = InstanceRequest(id=self.id, workload=self.instance.workload, spec=self.instance.spec)
         snapshot = self.instance.spec.vm.snapshot if self.instance.spec.vm else None
@@ -184,9 +188,30 @@ class InstanceRunner:
         self.handle = None
 
     async def _send(self, phase: Phase, reason: str, message: str) -> None:
+        """Report, after any report still queued, and wait for the controller's answer."""
         if not self.owned:
             return
-        report = InstanceStatusReport(
+        report = self._status(phase, reason, message)
+        if self._queued_report is not None:
+            await self._queued_report
+        await self._deliver(report)
+
+    def _post(self, phase: Phase, reason: str, message: str) -> None:
+        """Report without waiting (start progress: the driver goes on meanwhile); reports still reach the
+        controller in order, each after the one before."""
+        if not self.owned:
+            return
+        report, previous = self._status(phase, reason, message), self._queued_report
+
+        async def deliver() -> None:
+            if previous is not None:
+                await previous
+            await self._deliver(report)
+
+        self._queued_report = asyncio.create_task(deliver(), name=f"report-{self.id}")
+
+    def _status(self, phase: Phase, reason: str, message: str) -> InstanceStatusReport:
+        return InstanceStatusReport(
             node=self.node,
             phase=phase,
             reason=reason[:256],
@@ -194,5 +219,7 @@ class InstanceRunner:
             address=self.handle.address if self.handle and phase in LIVE else None,
             ports=list(self.handle.ports) if self.handle and phase in LIVE else list[PortBinding](),
         )
-        if not await self._report(self.id, report):
+
+    async def _deliver(self, report: InstanceStatusReport) -> None:
+        if self.owned and not await self._report(self.id, report):
             self.disown()

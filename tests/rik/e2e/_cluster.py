@@ -39,6 +39,10 @@ RIKCTL = Path(sys.executable).with_name("rikctl")
 SCRUB = HERE / "_scrub.py"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 RIKLET_PORT_IN_NETNS = 7701
+#: The guest kernel of VMs, shared with the VM driver tests (tests/rik/vm): provisioned once per machine.
+GUEST_DIR = Path(os.environ.get("RIK_TEST_GUEST_DIR", "/var/cache/rik-test/guest"))
+#: Where the VM driver puts QMP sockets (one directory per driver state directory).
+VM_RUN_ROOT = Path("/run/rik-vm")
 
 _clusters = itertools.count(1)
 M = TypeVar("M", Instance, Node, Workload)
@@ -102,6 +106,27 @@ def processes_in_cgroup(fragment: str) -> dict[int, str]:
                 found[int(entry.name)] = line
                 break
     return found
+
+
+def qemu_processes(fragment: str) -> dict[int, str]:
+    """Live QEMU processes whose command line contains `fragment` (e.g. a riklet's QMP socket directory)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "qemu-system" in cmdline and fragment in cmdline and pid_alive(int(entry.name)):
+            found[int(entry.name)] = cmdline
+    return found
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of `pid` in clock ticks, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def netns_names() -> set[str]:
@@ -260,6 +285,32 @@ class Riklet:
 
     def rootfs(self, instance_id: str) -> Path:
         return self.data_dir / "containers" / "instances" / instance_id / "rootfs"
+
+    # The VM driver's layout (src/rik/drivers/vm/_driver.py), seen from outside.
+
+    @property
+    def vm_dir(self) -> Path:
+        return self.data_dir / "vms"
+
+    @property
+    def vm_run_dir(self) -> Path:
+        """The directory of the driver's QMP sockets: named after its state directory."""
+        return VM_RUN_ROOT / hashlib.sha256(str(self.vm_dir.resolve()).encode()).hexdigest()[:8]
+
+    def vm_key(self, instance_id: str) -> str:
+        return "vm-" + hashlib.sha256(instance_id.encode()).hexdigest()[:16]
+
+    def vm_instance_dir(self, instance_id: str) -> Path:
+        return self.vm_dir / "instances" / self.vm_key(instance_id)
+
+    def qmp_socket(self, instance_id: str) -> Path:
+        return self.vm_run_dir / f"{self.vm_key(instance_id)}.qmp"
+
+    def qemu_pid(self, instance_id: str) -> int | None:
+        """The pid of the instance's QEMU process (found by its QMP socket in its command line)."""
+        found = qemu_processes(str(self.qmp_socket(instance_id)))
+        assert len(found) <= 1, f"more than one QEMU for {instance_id}: {found}"
+        return next(iter(found), None)
 
 
 # Port forwarding for the registry ---------------------------------------------------------------------
@@ -462,6 +513,7 @@ class Cluster:
                 "--cpu", str(cpu),
                 "--memory", str(memory),
                 "--heartbeat-interval", str(heartbeat),
+                "--guest-dir", str(GUEST_DIR),
                 *itertools.chain.from_iterable(("--insecure-registry", r) for r in self.insecure_registries),
             ]  # fmt: skip
         riklet.proc.start(riklet.argv)
@@ -617,6 +669,29 @@ class Cluster:
             f"instance record of {instance_id}": (riklet.data_dir / "instances" / f"{instance_id}.json").exists(),
         }
 
+    async def vm_footprint(self, riklet: Riklet, instance_id: str, pid: int) -> dict[str, bool]:
+        """What of a VM instance exists on the host: description → present. The tap lives in the instance's
+        network namespace (so it goes with it); the disk overlay and config disk in its driver directory."""
+        names = instance_names(riklet.bridge, instance_id)
+        directory = riklet.vm_instance_dir(instance_id)
+        socket_path = riklet.qmp_socket(instance_id)
+        namespaces = netns_names()
+        tap = names.netns in namespaces and bool(sh("ip", "-n", names.netns, "-o", "link", "show", "tap0", check=False))
+        dnat = await asyncio.to_thread(sh, "iptables", "-w", "-t", "nat", "-S", chain_names(riklet.bridge).dnat)
+        return {
+            f"qemu process {pid}": pid_alive(pid),
+            f"qemu processes with {socket_path}": bool(qemu_processes(str(socket_path))),
+            f"network namespace {names.netns}": names.netns in namespaces,
+            f"tap0 in {names.netns}": tap,
+            f"veth {names.host_veth}": names.host_veth in link_names(),
+            f"disk overlay {directory / 'overlay.qcow2'}": (directory / "overlay.qcow2").exists(),
+            f"config disk {directory / 'config.img'}": (directory / "config.img").exists(),
+            f"QMP socket {socket_path}": socket_path.exists(),
+            f"DNAT rule {names.rule_tag}": names.rule_tag in dnat,
+            f"driver directory {directory}": directory.exists(),
+            f"instance record of {instance_id}": (riklet.data_dir / "instances" / f"{instance_id}.json").exists(),
+        }
+
     # Teardown -----------------------------------------------------------------------------------------
 
     async def close(self) -> None:
@@ -674,6 +749,11 @@ class Cluster:
         found += [f"iptables: {line}" for line in rules.splitlines() if any(f"{c} " in f"{line} " for c in chains)]
         for riklet in self.riklets.values():
             found += [f"cgroup {d}" for d in cgroup_dirs(riklet.cgroup_parent)]
+            found += [f"qemu process {pid}: {cmd[:200]}" for pid, cmd in qemu_processes(str(riklet.vm_dir)).items()]
+            if riklet.vm_run_dir.exists():
+                found.append(f"QMP socket directory {riklet.vm_run_dir}: {sorted(os.listdir(riklet.vm_run_dir))}")
+            vm_instances = riklet.vm_dir / "instances"
+            found += [f"VM instance directory {d}" for d in (vm_instances.iterdir() if vm_instances.is_dir() else [])]
         return found
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from rik.drivers.base import DriverError
 from rik.drivers.vm import _cpio as cpio
 from rik.drivers.vm._config_disk import GuestConfig, config_disk, config_script
-from rik.drivers.vm._disks import DiskCache
+from rik.drivers.vm._disks import DiskCache, disk_url_format, is_disk_url
 from rik.drivers.vm._link import nat_rules
 from rik.model import PortSpec
 
@@ -68,3 +69,14 @@ async def test_disk_cache_evicts_least_recently_used_disks_not_in_use(tmp_path: 
     removed = await cache.evict()
     assert removed == [disks[1], disks[2]]  # oldest first, sparing the one in use
     assert [d.exists() for d in disks] == [True, False, False, True]
+
+
+def test_raw_disk_urls_are_recognised_by_scheme_and_format_by_file_name() -> None:
+    assert is_disk_url("file:///srv/disk.ext4") and is_disk_url("https://example.org/d.qcow2")
+    assert not is_disk_url("127.0.0.1:5000/e2e/httpd:1") and not is_disk_url("oci:/layout:tag")
+    assert disk_url_format("file:///srv/disk.ext4") == "raw"
+    assert disk_url_format("http://h/a/root.IMG?token=1") == "raw"  # the query is not the file name
+    assert disk_url_format("https://h/disk.qcow2") == "qcow2"
+    with pytest.raises(DriverError) as unknown:
+        disk_url_format("https://h/disk.vmdk")
+    assert unknown.value.reason == "ImagePullFailed" and ".qcow2" in unknown.value.message

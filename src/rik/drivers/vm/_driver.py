@@ -30,9 +30,10 @@ import shlex
 import shutil
 import subprocess
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from qemu.qmp.error import QMPError
 
@@ -44,14 +45,16 @@ from rik.drivers.vm._accel import probe_accel
 from rik.drivers.vm._assets import GuestAssets, GuestKernel
 from rik.drivers.vm._commands import run
 from rik.drivers.vm._config_disk import GuestConfig, config_disk
-from rik.drivers.vm._disks import DiskCache
+from rik.drivers.vm._disks import DiskCache, is_disk_url
 from rik.drivers.vm._link import GUEST_ADDRESS, HOST_ADDRESS, PREFIXLEN, setup_guest_link
 from rik.drivers.vm._qemu import InstanceFiles, MachineConfig, kernel_cmdline, launch, qemu_argv, qemu_available
-from rik.images import ImageStore, UnpackedImage
+from rik.images import ImageConfig, ImageStore, UnpackedImage
 from rik.model import PortBinding, WorkloadSpec
-from rik.network import NetworkError, NodeNetwork
+from rik.network import Attachment, NetworkError, NodeNetwork
 
 logger = logging.getLogger(__name__)
+A = TypeVar("A")
+B = TypeVar("B")
 
 STATE_VERSION = 1
 SNAPSHOT_VERSION = 1
@@ -176,23 +179,34 @@ class VMDriver:
         spec = request.spec
         paths = self._paths(request.id)
         started = time.monotonic()
+        vm = spec.vm
         try:
-            image = await self._images.pull(spec.image, progress)
-            argv = process_args(spec, image.config)
-            if not argv:
-                raise DriverError("NoCommand", "neither the spec nor the image defines a command (entrypoint/cmd)")
+            image: UnpackedImage | None = None
+            if is_disk_url(spec.image):
+                # The raw-disk form: a root file system with no image config (see _disks).
+                config, digest = ImageConfig(), spec.image
+                if not process_args(spec, config):
+                    raise DriverError("NoCommand", f"{spec.image} is a raw disk: set spec.command to what it runs")
+                await progress("BuildingDisk", f"root disk from {spec.image}")
+                base = await self._disks.raw_disk(spec.image, vm.disk_size if vm else None)
+            else:
+                image = await self._images.pull(spec.image, progress)
+                config, digest = image.config, image.digest
+                if not process_args(spec, config):
+                    raise DriverError("NoCommand", "neither the spec nor the image defines a command (entrypoint/cmd)")
+                await progress("BuildingDisk", f"root disk for {image.digest}")
+                base = await self._disks.disk_for(image, vm.disk_size if vm else None)
+            argv = process_args(spec, config)
             hostname = request.id[:63]
-            await progress("BuildingDisk", f"root disk for {image.digest}")
-            vm = spec.vm
-            base = await self._disks.disk_for(image, vm.disk_size if vm else None)
             await asyncio.to_thread(self._prepare_directory, paths, request.id, base)
             await self._qemu_img("create", "-f", "qcow2", "-b", str(base), "-F", "raw", str(paths.overlay))
-            machine = await asyncio.to_thread(self._machine, spec, image, kernel, accel, paths)
+            rootfs = image.rootfs if image is not None else None
+            machine = await asyncio.to_thread(self._machine, spec, rootfs, kernel, accel, paths)
             guest = GuestConfig(
                 hostname=hostname,
                 argv=argv,
-                env=process_env(spec, image.config, hostname),
-                working_dir=spec.working_dir or image.config.working_dir or "/",
+                env=process_env(spec, config, hostname),
+                working_dir=spec.working_dir or config.working_dir or "/",
                 address=GUEST_ADDRESS,
                 prefixlen=PREFIXLEN,
                 gateway=HOST_ADDRESS,
@@ -218,7 +232,7 @@ class VMDriver:
                 "seconds": round(time.monotonic() - started, 3),
             },
         )  # fmt: skip
-        return self._handle(request.id, paths, attachment.ip, attachment.netns_name, pid, bindings, image.digest)
+        return self._handle(request.id, paths, attachment.ip, attachment.netns_name, pid, bindings, digest)
 
     async def inspect(self, handle: Handle) -> Inspection:
         paths = self._paths(handle.id)
@@ -345,18 +359,27 @@ class VMDriver:
             await progress("Restoring", f"restoring snapshot {snapshot_dir.name}")
             disk = snapshot_dir / "disk.qcow2"
             await asyncio.to_thread(self._prepare_directory, paths, request.id, snapshot_dir / "base.ext4")
-            await self._qemu_img("create", "-f", "qcow2", "-b", str(disk), "-F", "qcow2", str(paths.overlay))
-            await asyncio.to_thread(shutil.copyfile, snapshot_dir / "config.img", paths.config_disk)
-            attachment = await self._network.attach(request.id)
-            await setup_guest_link(attachment.netns_name, attachment.netns_path, spec.ports)
-            pid = await self._launch(paths, machine, attachment.netns_path, request.id, incoming=True)
-            async with qmp.session(paths.qmp_socket) as client:
-                await client.execute(
-                    "migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(snapshot_dir / 'state'))}"}
-                )
-                await _wait_incoming(client, 120.0)
-            await self._wait_serving(paths, pid, attachment.ip, spec, started, marker=False)
-            bindings = await self._network.expose(request.id, attachment.ip, spec.ports)
+
+            async def disks() -> None:
+                await self._qemu_img("create", "-f", "qcow2", "-b", str(disk), "-F", "qcow2", str(paths.overlay))
+                await asyncio.to_thread(shutil.copyfile, snapshot_dir / "config.img", paths.config_disk)
+
+            # The disks and the network do not depend on each other; neither do the host port forwards
+            # and the VM: each pair is set up at once (a restore takes well under a second: this is a
+            # sizeable part of it).
+            _, attachment = await _both(disks(), self._attach(request.id, spec))
+
+            async def resume() -> int:
+                pid = await self._launch(paths, machine, attachment.netns_path, request.id, incoming=True)
+                async with qmp.session(paths.qmp_socket) as client:
+                    await client.execute(
+                        "migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(snapshot_dir / 'state'))}"}
+                    )
+                    await _wait_incoming(client, 120.0)
+                await self._wait_serving(paths, pid, attachment.ip, spec, started, marker=False)
+                return pid
+
+            pid, bindings = await _both(resume(), self._network.expose(request.id, attachment.ip, spec.ports))
             await asyncio.to_thread(self._write_machine, paths, machine)
         except NetworkError as exc:
             await self._cleanup_after_failure(request.id)
@@ -420,9 +443,10 @@ class VMDriver:
         paths.meta.write_text(json.dumps({"id": instance_id, "base": str(base)}))
 
     def _machine(
-        self, spec: WorkloadSpec, image: UnpackedImage, kernel: GuestKernel, accel: str, paths: _Paths
+        self, spec: WorkloadSpec, rootfs: Path | None, kernel: GuestKernel, accel: str, paths: _Paths
     ) -> MachineConfig:
-        """The node's kernel + RIK's initramfs, or the spec's kernel, or the image's own kernel and init."""
+        """The node's kernel + RIK's initramfs, or the spec's kernel, or the image's own kernel and init
+        (`rootfs` is the unpacked image, None for a raw disk)."""
         vm = spec.vm
         extra = list(vm.kernel_args) if vm else []
         vcpus = vm.vcpus if vm else 1
@@ -430,7 +454,7 @@ class VMDriver:
         memory = max(spec.resources.memory, self._min_memory_mib)
         if vm is not None and vm.kernel:
             return MachineConfig(memory, vcpus, accel, vm.kernel, vm.initramfs, kernel_cmdline(extra, "/dev/vda"))
-        own = _own_boot_files(image.rootfs)
+        own = _own_boot_files(rootfs) if rootfs is not None else None
         if own is not None:
             paths.boot.mkdir(exist_ok=True)
             vmlinuz, initrd = paths.boot / "vmlinuz", paths.boot / "initrd"
@@ -474,6 +498,12 @@ class VMDriver:
             "created": time.time(),
         }
         (directory / "snapshot.json").write_text(json.dumps(meta))
+
+    async def _attach(self, instance_id: str, spec: WorkloadSpec) -> Attachment:
+        """The instance's network namespace on the node's bridge, with the guest's tap and NAT inside."""
+        attachment = await self._network.attach(instance_id)
+        await setup_guest_link(attachment.netns_name, attachment.netns_path, spec.ports)
+        return attachment
 
     async def _qemu_img(self, *args: str) -> None:
         result = await run("qemu-img", *args)
@@ -548,6 +578,17 @@ class VMDriver:
         with contextlib.suppress(OSError):  # the driver's run directory, once its last VM is gone
             await asyncio.to_thread(self._run_dir.rmdir)
         logger.info("vm destroyed", extra={"instance": instance_id})
+
+
+async def _both(first: Coroutine[Any, Any, A], second: Coroutine[Any, Any, B]) -> tuple[A, B]:
+    """Run two independent steps at once. If one fails, the other is cancelled (and has ended when this
+    returns), and the failure is raised as itself, not in an exception group."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            one, two = group.create_task(first), group.create_task(second)
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return one.result(), two.result()
 
 
 async def _connects(ip: str, port: int) -> bool:
