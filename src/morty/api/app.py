@@ -22,6 +22,7 @@ from morty.api.database import Database
 from morty.api.routes import aliases, builds, errors, functions, invocations, runtimes, secrets, uploads, versions
 from morty.api.routes.deps import MortyState
 from morty.api.settings import Settings
+from morty.builder.queue import Builder, BuilderSettings
 from morty.storage.base import CodeStore
 from morty.storage.local import LocalCodeStore
 from morty.storage.s3 import S3CodeStore
@@ -78,11 +79,28 @@ def create_app(
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     master = keys.master_key(settings.secret_key, settings.data_dir)
     db = Database(settings.database)
+    box = keys.SecretBox(keys.derive(master, "secrets"))
+    code_store = code_store or make_code_store(settings, master)
+    builder: Builder | None = None
+    if build_queue is None and settings.registry:
+        builder = Builder(
+            db,
+            code_store,
+            BuilderSettings(
+                registry=settings.registry,
+                cache_dir=settings.build_cache_dir,
+                work_dir=settings.data_dir / "builds",
+                concurrency=settings.build_concurrency,
+                archive_limits=settings.archive_limits,
+            ),
+            box,
+        )
+        build_queue = builder
     morty = MortyState(
         settings=settings,
         db=db,
-        box=keys.SecretBox(keys.derive(master, "secrets")),
-        code_store=code_store or make_code_store(settings, master),
+        box=box,
+        code_store=code_store,
         build_queue=build_queue or NoBuilderQueue(),
         token=keys.management_token(settings.token, settings.data_dir),
     )
@@ -101,6 +119,8 @@ def create_app(
         try:
             yield
         finally:
+            if builder is not None:
+                await builder.close()
             await db.close()
 
     app = FastAPI(

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--s3-bucket", default=env.s3_bucket)
     parser.add_argument("--s3-prefix", default=env.s3_prefix)
     parser.add_argument("--s3-endpoint", default=env.s3_endpoint)
+    parser.add_argument("--registry", default=env.registry, help="OCI registry host:port; enables the builder")
     parser.add_argument("--log-level", default=os.environ.get("MORTY_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
 
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         s3_bucket=args.s3_bucket,
         s3_prefix=args.s3_prefix,
         s3_endpoint=args.s3_endpoint,
+        registry=args.registry,
     )
     app = create_app(settings)
     if settings.token is None:

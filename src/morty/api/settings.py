@@ -11,6 +11,7 @@ from morty.storage.archives import ArchiveLimits
 
 DEFAULT_DATA_DIR = Path("/var/lib/morty")
 DEFAULT_LISTEN = "127.0.0.1:7800"
+DEFAULT_BUILD_CACHE = Path("/var/cache/morty/base")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,12 @@ class Settings:
     s3_region: str | None = None
     upload_url_ttl: float = 900.0
     archive_limits: ArchiveLimits = field(default_factory=ArchiveLimits)
+    registry: str = ""
+    """The OCI registry (``host:port``, plain HTTP) function images are pushed to. Empty: no builder is attached
+    and builds stay queued."""
+    build_cache_dir: Path = DEFAULT_BUILD_CACHE
+    """Where runtime base images are cached (built once per recipe)."""
+    build_concurrency: int = 2
 
     @property
     def database(self) -> str:
@@ -57,4 +64,7 @@ class Settings:
             s3_region=env.get("MORTY_S3_REGION") or None,
             upload_url_ttl=float(env.get("MORTY_UPLOAD_URL_TTL", "900")),
             archive_limits=limits,
+            registry=env.get("MORTY_REGISTRY", ""),
+            build_cache_dir=Path(env.get("MORTY_BUILD_CACHE", str(DEFAULT_BUILD_CACHE))),
+            build_concurrency=int(env.get("MORTY_BUILD_CONCURRENCY", "2")),
         )

@@ -3,25 +3,22 @@ PostgreSQL, with a real data directory. Uploads go over real HTTP to the signed 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import io
 import logging
-import socket
-import uuid
 import zipfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from morty.api.app import create_app
 from morty.api.settings import Settings
-from tests.support.postgres import create_database, postgres_server
+from tests.support.registry import free_tcp_port
+from tests.support.services import served
 
 TOKEN = "test-token-0123456789"
 MortyFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
@@ -33,21 +30,6 @@ def _log_at_info(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="morty")
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[str]:
-    with postgres_server() as address:
-        yield address
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Every API test runs on SQLite and on PostgreSQL (the latter is an e2e test: it starts a server)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'morty.db'}"
-    address: str = request.getfixturevalue("postgres")
-    return create_database(address, f"morty_{uuid.uuid4().hex[:12]}")
-
-
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
@@ -57,9 +39,7 @@ def data_dir(tmp_path: Path) -> Path:
 def morty_factory(database_url: str, data_dir: Path) -> MortyFactory:
     @asynccontextmanager
     async def start(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_tcp_port()
         settings = dataclasses.replace(
             Settings(),
             data_dir=data_dir,
@@ -69,21 +49,10 @@ def morty_factory(database_url: str, data_dir: Path) -> MortyFactory:
             **overrides,
         )
         app = create_app(settings)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        try:
-            async with httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{port}", timeout=10, headers={"Authorization": f"Bearer {TOKEN}"}
-            ) as client:
-                client.app = app  # type: ignore[attr-defined]
-                yield client
-        finally:
-            server.should_exit = True
-            await task
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        async with served(app, port) as url, httpx.AsyncClient(base_url=url, timeout=10, headers=auth) as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
 
     return start
 

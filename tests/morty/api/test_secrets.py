@@ -46,7 +46,7 @@ async def test_secrets_are_encrypted_at_rest_and_never_returned(api: httpx.Async
             "API_KEY": "other",
         }
     if morty.db.is_sqlite:
-        files = list(data_dir.parent.glob("morty.db*"))
+        files = list(data_dir.parent.glob("state.db*"))
         assert files, "the SQLite database and its WAL are where the test expects them"
         for path in files:
             assert PLAINTEXT.encode() not in path.read_bytes(), path
