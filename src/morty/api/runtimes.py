@@ -16,14 +16,15 @@ class RuntimeInfo:
     language_version: str
     image: str
     handler: str
-    """The file of the function's code that the runtime loads and calls `handler(request)` in."""
+    """The file of the function's code that the runtime loads and calls `handler(request)` in, as the
+    runtime's template writes it (`MORTY_HANDLER` defaults to `main.handler`)."""
 
 
 RUNTIMES: dict[str, RuntimeInfo] = {
     r.name: r
     for r in (
-        RuntimeInfo("python3.11", "python", "3.11", "morty/runtime-python3.11:latest", "handler.py"),
-        RuntimeInfo("node20", "node", "20", "morty/runtime-node20:latest", "handler.js"),
+        RuntimeInfo("python3.11", "python", "3.11", "morty/runtime-python3.11:latest", "main.py"),
+        RuntimeInfo("node20", "node", "20", "morty/runtime-node20:latest", "main.js"),
     )
 }
 

@@ -109,3 +109,4 @@ async def test_runtimes_are_listed_with_their_images(api: httpx.AsyncClient) -> 
     assert set(items) == {"python3.11", "node20"}
     assert items["python3.11"]["image"] == "morty/runtime-python3.11:latest"
     assert items["node20"]["language"] == "node"
+    assert items["python3.11"]["handler"] == "main.py"  # what the template writes and the runtime loads
