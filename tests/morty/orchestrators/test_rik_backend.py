@@ -9,8 +9,9 @@ import pytest
 from morty.orchestrators.base import DeploymentSpec, Isolation, OrchestratorError, StartPath
 from morty.orchestrators.rik import RikOrchestrator
 from rik.client import RikClient
-from tests.rik.e2e._cluster import Cluster, http_get
+from tests.rik.e2e._cluster import Cluster
 from tests.rik.e2e.conftest import INDEX_HTML
+from tests.support.http import http_get
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -154,21 +154,6 @@ def cgroup_dirs(relative: str) -> list[Path]:
     return [c for c in candidates if c.is_dir()]
 
 
-async def http_get(url: str, timeout: float = 10.0) -> tuple[int, str]:
-    """GET `url`, retrying until it answers or `timeout` passes; (0, error) if it never answered."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    async with httpx.AsyncClient(trust_env=False, timeout=2.0) as client:
-        while True:
-            try:
-                response = await client.get(url)
-                return response.status_code, response.text
-            except httpx.TransportError as exc:
-                if loop.time() > deadline:
-                    return 0, repr(exc)
-            await asyncio.sleep(0.1)
-
-
 @dataclass(frozen=True)
 class CommandResult:
     argv: list[str]

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from ._cluster import Cluster, http_get, in_subnet, pod_manifest
+from tests.support.http import http_get
+
+from ._cluster import Cluster, in_subnet, pod_manifest
 from .conftest import INDEX_HTML
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -8,8 +8,9 @@ import httpx
 import pytest
 
 from rik.model import NodeStatus, Phase
+from tests.support.http import http_get
 
-from ._cluster import Cluster, http_get, pid_alive, pod_manifest
+from ._cluster import Cluster, pid_alive, pod_manifest
 from .conftest import INDEX_HTML
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -8,8 +8,9 @@ from collections import Counter
 import pytest
 
 from rik.model import Phase
+from tests.support.http import http_get
 
-from ._cluster import Cluster, http_get, pod_manifest
+from ._cluster import Cluster, pod_manifest
 from .conftest import INDEX_HTML
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

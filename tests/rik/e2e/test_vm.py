@@ -26,9 +26,10 @@ import httpx
 import pytest
 
 from rik.model import Instance, Phase
+from tests.support.http import http_get
 from tests.support.images import build_busybox_cgi_image, parse_cgi_env, push_image
 
-from ._cluster import Cluster, Riklet, cpu_ticks, http_get, in_subnet, pid_alive, qemu_processes
+from ._cluster import Cluster, Riklet, cpu_ticks, in_subnet, pid_alive, qemu_processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

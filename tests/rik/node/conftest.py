@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import shutil
@@ -12,7 +11,6 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from rik.drivers.base import Handle
@@ -134,17 +132,3 @@ async def node(tmp_path: Path, image_ref: str) -> AsyncIterator[Node]:
         for instance_id in await network.attachments():
             await driver.destroy(Handle(id=instance_id, driver="container"))
         await network.teardown()
-
-
-async def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
-    """GET with retries until the server answers (the instance may still be binding its port)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    async with httpx.AsyncClient(trust_env=False, timeout=2.0) as client:
-        while True:
-            try:
-                response = await client.get(url)
-                return response.status_code, response.text
-            except httpx.TransportError as exc:
-                if asyncio.get_running_loop().time() > deadline:
-                    return 0, repr(exc)
-            await asyncio.sleep(0.05)

@@ -11,8 +11,9 @@ import pytest
 from rik.drivers.base import DriverError, Handle, InstanceRequest
 from rik.drivers.container._cgroups import cgroup_dirs, controller_file
 from rik.model import PortSpec, Resources, WorkloadSpec
+from tests.support.http import http_get
 
-from .conftest import INDEX_HTML, Node, http_get
+from .conftest import INDEX_HTML, Node
 
 pytestmark = pytest.mark.e2e
 

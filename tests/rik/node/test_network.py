@@ -16,8 +16,9 @@ import pytest
 from rik.network import NetworkError, NodeNetwork
 from rik.network._names import chain_names, instance_names
 from rik.network._state import NetworkState
+from tests.support.http import http_get
 
-from .conftest import INDEX_HTML, http_get
+from .conftest import INDEX_HTML
 
 SUBNET = ipaddress.IPv4Network("10.9.0.0/29")
 

@@ -14,9 +14,10 @@ import pytest
 from rik.drivers.base import DriverError, Handle, InstanceRequest
 from rik.drivers.vm._process import cpu_ticks
 from rik.model import PortSpec, Resources, WorkloadSpec
+from tests.support.http import http_get
 from tests.support.images import parse_cgi_env
 
-from .conftest import INDEX_HTML, VMNode, http_get, no_progress
+from .conftest import INDEX_HTML, VMNode, no_progress
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
