@@ -19,10 +19,26 @@ from morty import __version__
 from morty.api import keys, store
 from morty.api.builds import BuildQueue, NoBuilderQueue
 from morty.api.database import Database
-from morty.api.routes import aliases, builds, errors, functions, invocations, runtimes, secrets, uploads, versions
+from morty.api.deployer import Deployer, DeploySettings
+from morty.api.instances import Instances, ScalingSettings
+from morty.api.routes import (
+    aliases,
+    builds,
+    errors,
+    functions,
+    invocations,
+    runtimes,
+    secrets,
+    uploads,
+    versions,
+)
+from morty.api.routes import (
+    instances as instance_routes,
+)
 from morty.api.routes.deps import MortyState
 from morty.api.settings import Settings
 from morty.builder.queue import Builder, BuilderSettings
+from morty.orchestrators.base import Orchestrator
 from morty.storage.base import CodeStore
 from morty.storage.local import LocalCodeStore
 from morty.storage.s3 import S3CodeStore
@@ -74,13 +90,27 @@ def make_code_store(settings: Settings, master: bytes) -> CodeStore:
 
 
 def create_app(
-    settings: Settings, *, build_queue: BuildQueue | None = None, code_store: CodeStore | None = None
+    settings: Settings,
+    *,
+    build_queue: BuildQueue | None = None,
+    code_store: CodeStore | None = None,
+    orchestrator: Orchestrator | None = None,
 ) -> FastAPI:
+    """With an `orchestrator`, built versions are deployed through it and instances can be asked for."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     master = keys.master_key(settings.secret_key, settings.data_dir)
     db = Database(settings.database)
     box = keys.SecretBox(keys.derive(master, "secrets"))
     code_store = code_store or make_code_store(settings, master)
+    deployer: Deployer | None = None
+    instances: Instances | None = None
+    if orchestrator is not None:
+        deployer = Deployer(
+            db, box, orchestrator, DeploySettings(timeout=settings.deploy_timeout, snapshots=settings.snapshots)
+        )
+        instances = Instances(
+            db, orchestrator, ScalingSettings(provision_timeout=settings.provision_timeout, tick=settings.scaling_tick)
+        )
     builder: Builder | None = None
     if build_queue is None and settings.registry:
         builder = Builder(
@@ -94,6 +124,7 @@ def create_app(
                 archive_limits=settings.archive_limits,
             ),
             box,
+            on_built=deployer.enqueue if deployer is not None else None,
         )
         build_queue = builder
     morty = MortyState(
@@ -103,6 +134,9 @@ def create_app(
         code_store=code_store,
         build_queue=build_queue or NoBuilderQueue(),
         token=keys.management_token(settings.token, settings.data_dir),
+        orchestrator=orchestrator,
+        deployer=deployer,
+        instances=instances,
     )
 
     @contextlib.asynccontextmanager
@@ -112,13 +146,26 @@ def create_app(
             queued = await store.requeue_interrupted_builds(session)
         for build_id in queued:
             await morty.build_queue.enqueue(build_id)
+        deploying = await deployer.resume() if deployer is not None else 0
+        if instances is not None:
+            instances.start()
         log.info(
             "Morty APIs ready",
-            extra={"code_store": settings.code_store, "queued_builds": len(queued), "public_url": settings.public_url},
+            extra={
+                "code_store": settings.code_store,
+                "queued_builds": len(queued),
+                "resumed_deployments": deploying,
+                "orchestrator": type(orchestrator).__name__ if orchestrator else None,
+                "public_url": settings.public_url,
+            },
         )
         try:
             yield
         finally:
+            if instances is not None:
+                await instances.close()
+            if deployer is not None:
+                await deployer.close()
             if builder is not None:
                 await builder.close()
             await db.close()
@@ -135,7 +182,7 @@ def create_app(
     )
     app.state.morty = morty
     errors.install(app)
-    for module in (functions, secrets, versions, uploads, aliases, builds, invocations, runtimes):
+    for module in (functions, secrets, versions, uploads, aliases, builds, instance_routes, invocations, runtimes):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["meta"])

@@ -8,6 +8,7 @@ MortyError
  ├── Conflict      409
  ├── TooLarge      413
  ├── Invalid       422
+ ├── Busy          429
  └── Unavailable   503
 """
 
@@ -51,6 +52,12 @@ class Invalid(MortyError):
     @classmethod
     def field(cls, field: str, message: str) -> Invalid:
         return cls(f"invalid request: {field}: {message}", [{"field": field, "message": message}])
+
+
+class Busy(MortyError):
+    """A limit of the function is reached (e.g. `max_instances`); retrying later may succeed."""
+
+    status_code = 429
 
 
 class Unavailable(MortyError):

@@ -18,6 +18,8 @@ import uvicorn
 from morty.api import logs
 from morty.api.app import create_app
 from morty.api.settings import DEFAULT_LISTEN, Settings
+from morty.orchestrators.rik import RikOrchestrator
+from rik.client import RikClient
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--s3-prefix", default=env.s3_prefix)
     parser.add_argument("--s3-endpoint", default=env.s3_endpoint)
     parser.add_argument("--registry", default=env.registry, help="OCI registry host:port; enables the builder")
+    parser.add_argument(
+        "--rik-url", default=env.rik_url, help="RIK controller URL; deploys versions and runs their instances"
+    )
     parser.add_argument("--log-level", default=os.environ.get("MORTY_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
 
@@ -55,8 +60,10 @@ def main(argv: list[str] | None = None) -> None:
         s3_prefix=args.s3_prefix,
         s3_endpoint=args.s3_endpoint,
         registry=args.registry,
+        rik_url=args.rik_url,
     )
-    app = create_app(settings)
+    orchestrator = RikOrchestrator(RikClient(settings.rik_url)) if settings.rik_url else None
+    app = create_app(settings, orchestrator=orchestrator)
     if settings.token is None:
         logging.getLogger(__name__).info(
             "management token read from the data directory", extra={"path": str(settings.data_dir / "token")}

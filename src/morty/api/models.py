@@ -234,6 +234,7 @@ class VersionStatus(enum.StrEnum):
     AWAITING_UPLOAD = "awaiting_upload"
     UPLOADED = "uploaded"
     BUILDING = "building"
+    DEPLOYING = "deploying"
     READY = "ready"
     FAILED = "failed"
 
@@ -341,6 +342,40 @@ class Resolution(BaseModel):
     image: str | None
     digest: str | None
     config: FunctionConfig
+
+
+# Instances -------------------------------------------------------------------------------------------------
+
+
+class StartPath(enum.StrEnum):
+    BOOTED = "booted"
+    RESTORED = "restored"
+    RESUMED = "resumed"
+    ADOPTED = "adopted"
+
+
+class InstanceCreate(_Input):
+    version: Annotated[
+        str, Field(max_length=64, description="a version, an alias or `latest`", examples=["latest", "1.2.3", "prod"])
+    ] = "latest"
+
+
+class Instance(BaseModel):
+    id: str
+    function: str
+    version: str
+    url: str = Field(description="where the instance serves invocations")
+    host: str
+    port: int
+    start_path: StartPath = Field(description="how it came up; `adopted`: found running after a restart")
+    provision_ms: float
+    started_at: datetime
+    last_active_at: datetime
+    idle_timeout_seconds: int
+
+
+class InstanceList(BaseModel):
+    items: list[Instance]
 
 
 # Invocation records ----------------------------------------------------------------------------------------

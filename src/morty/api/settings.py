@@ -38,6 +38,14 @@ class Settings:
     build_cache_dir: Path = DEFAULT_BUILD_CACHE
     """Where runtime base images are cached (built once per recipe)."""
     build_concurrency: int = 2
+    rik_url: str = ""
+    """The RIK controller's URL. Empty: no orchestrator is attached, built versions are `ready` at once and
+    no instance can be asked for."""
+    deploy_timeout: float = 600.0
+    provision_timeout: float = 120.0
+    snapshots: bool = True
+    """VM versions are snapshotted once booted at deploy time, and instances restore that snapshot."""
+    scaling_tick: float = 1.0
 
     @property
     def database(self) -> str:
@@ -67,4 +75,9 @@ class Settings:
             registry=env.get("MORTY_REGISTRY", ""),
             build_cache_dir=Path(env.get("MORTY_BUILD_CACHE", str(DEFAULT_BUILD_CACHE))),
             build_concurrency=int(env.get("MORTY_BUILD_CONCURRENCY", "2")),
+            rik_url=env.get("MORTY_RIK_URL", ""),
+            deploy_timeout=float(env.get("MORTY_DEPLOY_TIMEOUT", "600")),
+            provision_timeout=float(env.get("MORTY_PROVISION_TIMEOUT", "120")),
+            snapshots=env.get("MORTY_SNAPSHOTS", "1") not in ("0", "false", "no", "off"),
+            scaling_tick=float(env.get("MORTY_SCALING_TICK", "1")),
         )

@@ -44,7 +44,8 @@ from morty.api.models import (
     is_name,
     parse_version,
 )
-from morty.api.tables import AliasRow, BuildRow, FunctionRow, InvocationRow, SecretRow, VersionRow
+from morty.api.tables import AliasRow, BuildRow, FunctionRow, InstanceRow, InvocationRow, SecretRow, VersionRow
+from servicekit.database import as_utc
 
 INTERRUPTED = "interrupted by a restart of Morty APIs; queued again"
 
@@ -53,13 +54,11 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything stored is UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+aware = as_utc
 
 
 def _maybe_aware(value: datetime | None) -> datetime | None:
-    return None if value is None else _aware(value)
+    return None if value is None else aware(value)
 
 
 def new_id() -> str:
@@ -97,8 +96,8 @@ def _function(row: FunctionRow, secrets: list[str], ready: list[str]) -> Functio
         name=row.name,
         secrets=sorted(secrets),
         latest_version=_highest(ready),
-        created_at=_aware(row.created_at),
-        updated_at=_aware(row.updated_at),
+        created_at=aware(row.created_at),
+        updated_at=aware(row.updated_at),
         **_config(row).model_dump(),
     )
 
@@ -184,11 +183,11 @@ async def delete_function(session: AsyncSession, name: str) -> tuple[FunctionDel
     """Delete the function and everything recorded for it: secrets, versions, aliases, builds and
     invocation records. Returns the code objects' keys; the caller deletes them once committed.
 
-    Instances, orchestrator workloads and images are not Morty APIs' records: they are removed
-    through the orchestrator and the builder once those are attached."""
+    Instances, orchestrator workloads and images are removed by the caller (they are not records)."""
     row = await function_row(session, name, lock=True)
     keys = list((await session.scalars(select(VersionRow.code_key).where(VersionRow.function_id == row.id))).all())
     counts: dict[str, int] = {}
+    await session.execute(delete(InstanceRow).where(InstanceRow.function_id == row.id))
     for label, table in (
         ("aliases", AliasRow),
         ("builds", BuildRow),
@@ -201,6 +200,30 @@ async def delete_function(session: AsyncSession, name: str) -> tuple[FunctionDel
     await session.delete(row)
     await session.flush()
     return FunctionDeleted(name=name, code_objects=len(keys), **counts), keys
+
+
+async def deployment_keys(session: AsyncSession, function_id: str) -> list[str]:
+    """The orchestrator keys of the function's versions that were (or are being) deployed."""
+    keys = await session.scalars(
+        select(VersionRow.deployment_key).where(
+            VersionRow.function_id == function_id, VersionRow.deployment_key.is_not(None)
+        )
+    )
+    return [key for key in keys.all() if key is not None]
+
+
+async def version_images(session: AsyncSession, function_id: str) -> list[tuple[str, str]]:
+    """(image, digest) of every built version of the function, each digest once."""
+    rows = await session.execute(
+        select(VersionRow.image, VersionRow.digest).where(
+            VersionRow.function_id == function_id, VersionRow.image.is_not(None), VersionRow.digest.is_not(None)
+        )
+    )
+    unique: dict[str, str] = {}
+    for image, digest in rows:
+        if image is not None and digest is not None:
+            unique.setdefault(digest, image)
+    return [(image, digest) for digest, image in unique.items()]
 
 
 # Secrets ---------------------------------------------------------------------------------------------------
@@ -217,7 +240,7 @@ def _context(function_id: str, key: str) -> str:
 
 
 def _secret(row: SecretRow) -> Secret:
-    return Secret(name=row.name, created_at=_aware(row.created_at), updated_at=_aware(row.updated_at))
+    return Secret(name=row.name, created_at=aware(row.created_at), updated_at=aware(row.updated_at))
 
 
 async def put_secret(session: AsyncSession, box: SecretBox, name: str, key: str, value: str) -> tuple[Secret, bool]:
@@ -275,7 +298,7 @@ def _version(function: str, row: VersionRow) -> Version:
         sha256=row.sha256,
         image=row.image,
         digest=row.digest,
-        created_at=_aware(row.created_at),
+        created_at=aware(row.created_at),
         uploaded_at=_maybe_aware(row.uploaded_at),
         ready_at=_maybe_aware(row.ready_at),
     )
@@ -400,7 +423,7 @@ def _build_summary(function: str, version: str, row: BuildRow) -> BuildSummary:
         message=row.message,
         image=row.image,
         digest=row.digest,
-        created_at=_aware(row.created_at),
+        created_at=aware(row.created_at),
         started_at=_maybe_aware(row.started_at),
         finished_at=_maybe_aware(row.finished_at),
     )
@@ -475,9 +498,10 @@ async def finish_build(
     message: str,
     image: str | None = None,
     digest: str | None = None,
+    deploy: bool = False,
 ) -> None:
-    """For the builder: a running build ends; its version becomes `ready` (with its image) or
-    `failed` (with the build's message)."""
+    """For the builder: a running build ends; its version becomes `failed` (with the build's message) or, with
+    its image, `deploying` when an orchestrator will deploy it (`deploy`), else `ready`."""
     row, version = await _build_for_update(session, build_id)
     if row.status != BuildStatus.RUNNING.value:
         raise Conflict(f"build {build_id} is {row.status}, not running")
@@ -487,10 +511,14 @@ async def finish_build(
     row.finished_at = stamp
     row.image, row.digest = image, digest
     if succeeded:
-        version.status = VersionStatus.READY.value
-        version.status_message = "ready"
         version.image, version.digest = image, digest
-        version.ready_at = stamp
+        if deploy:
+            version.status = VersionStatus.DEPLOYING.value
+            version.status_message = "built; deploying"
+        else:
+            version.status = VersionStatus.READY.value
+            version.status_message = "ready"
+            version.ready_at = stamp
     else:
         version.status = VersionStatus.FAILED.value
         version.status_message = f"build {build_id} failed: {message}"
@@ -523,8 +551,8 @@ def _alias(function: str, row: AliasRow, version: str) -> Alias:
         function=function,
         name=row.name,
         version=version,
-        created_at=_aware(row.created_at),
-        updated_at=_aware(row.updated_at),
+        created_at=aware(row.created_at),
+        updated_at=aware(row.updated_at),
     )
 
 
@@ -664,13 +692,13 @@ async def record_invocations(session: AsyncSession, batch: InvocationBatch) -> B
 
 
 def _encode_cursor(started_at: datetime, seq: int) -> str:
-    return base64.urlsafe_b64encode(f"{_aware(started_at).isoformat()}|{seq}".encode()).decode().rstrip("=")
+    return base64.urlsafe_b64encode(f"{aware(started_at).isoformat()}|{seq}".encode()).decode().rstrip("=")
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         started, _, seq = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition("|")
-        return _aware(datetime.fromisoformat(started)), int(seq)
+        return aware(datetime.fromisoformat(started)), int(seq)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise Invalid.field("cursor", "not a cursor returned by this API") from None
 
@@ -711,9 +739,9 @@ async def list_invocations(
             function=name,
             version=row.version,
             status=row.status,
-            started_at=_aware(row.started_at),
-            finished_at=_aware(row.finished_at),
-            duration_ms=(_aware(row.finished_at) - _aware(row.started_at)).total_seconds() * 1000,
+            started_at=aware(row.started_at),
+            finished_at=aware(row.finished_at),
+            duration_ms=(aware(row.finished_at) - aware(row.started_at)).total_seconds() * 1000,
             queue_ms=row.queue_ms,
             provision_ms=row.provision_ms,
             upstream_ms=row.upstream_ms,
@@ -721,7 +749,7 @@ async def list_invocations(
             instance=row.instance,
             bytes_in=row.bytes_in,
             bytes_out=row.bytes_out,
-            received_at=_aware(row.received_at),
+            received_at=aware(row.received_at),
         )
         for row in page
     ]

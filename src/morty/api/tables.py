@@ -83,6 +83,8 @@ class VersionRow(Base):
     created_at: Mapped[datetime]
     uploaded_at: Mapped[datetime | None]
     ready_at: Mapped[datetime | None]
+    deployment_key: Mapped[str | None] = mapped_column(String(63), unique=True)
+    """The version's name in the orchestrator, set when its deployment starts."""
 
 
 class AliasRow(Base):
@@ -130,3 +132,19 @@ class InvocationRow(Base):
     bytes_in: Mapped[int] = mapped_column(BigInteger)
     bytes_out: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[datetime]
+
+
+class InstanceRow(Base):
+    """An instance Morty asked the orchestrator for; `last_active_at` drives the idle timeout."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    function_id: Mapped[str] = mapped_column(ID, _function_fk(), index=True)
+    version_id: Mapped[str] = mapped_column(ID, ForeignKey("versions.id", ondelete="CASCADE"), index=True)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    start_path: Mapped[str] = mapped_column(String(16))
+    provision_ms: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[datetime]
+    last_active_at: Mapped[datetime]

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +40,7 @@ CANCELLED = "cancelled"
 @dataclass(frozen=True)
 class BuildTarget:
     build_id: str
+    version_id: str
     function: str
     version: str
     runtime: str
@@ -101,13 +103,24 @@ class _BuildLog:
         await self.flush()
 
 
+OnBuilt = Callable[[str], Awaitable[None]]
+"""Called with the version id once a build succeeded and its version is `deploying`."""
+
+
 class Builder:
-    """Implements `morty.api.builds.BuildQueue`."""
+    """Implements `morty.api.builds.BuildQueue`. With `on_built`, a successful build leaves its version
+    `deploying` and hands it over; without, the version is `ready` as soon as its image is pushed."""
 
     def __init__(
-        self, db: Database, code_store: CodeStore, settings: BuilderSettings, box: SecretBox | None = None
+        self,
+        db: Database,
+        code_store: CodeStore,
+        settings: BuilderSettings,
+        box: SecretBox | None = None,
+        on_built: OnBuilt | None = None,
     ) -> None:
         self._db, self._code_store, self._settings, self._box = db, code_store, settings, box
+        self.on_built = on_built
         self._slots = asyncio.Semaphore(max(1, settings.concurrency))
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._bases: dict[str, BaseImage] = {}
@@ -155,7 +168,9 @@ class Builder:
         async with self._db.read() as session:
             result = (
                 await session.execute(
-                    select(VersionRow.version, VersionRow.code_key, FunctionRow.name, FunctionRow.runtime)
+                    select(
+                        VersionRow.id, VersionRow.version, VersionRow.code_key, FunctionRow.name, FunctionRow.runtime
+                    )
                     .join(BuildRow, BuildRow.version_id == VersionRow.id)
                     .join(FunctionRow, FunctionRow.id == BuildRow.function_id)
                     .where(BuildRow.id == build_id)
@@ -163,8 +178,8 @@ class Builder:
             ).first()
         if result is None:
             raise BuildError(f"build {build_id} no longer exists")
-        version, code_key, name, runtime = result
-        return BuildTarget(build_id, name, version, runtime, code_key)
+        version_id, version, code_key, name, runtime = result
+        return BuildTarget(build_id, version_id, name, version, runtime, code_key)
 
     async def _secrets(self, function: str) -> list[str]:
         if self._box is None:
@@ -232,11 +247,12 @@ class Builder:
             message = f"internal error: {type(exc).__name__}: {exc}"
             await build_log(f"build failed: {message}\n")
         finally:
-            await asyncio.shield(self._finish(build_id, build_log, image, message, interrupted=interrupted))
+            await asyncio.shield(self._finish(target, build_log, image, message, interrupted=interrupted))
 
     async def _finish(
-        self, build_id: str, build_log: _BuildLog, image: FunctionImage | None, message: str, *, interrupted: bool
+        self, target: BuildTarget, build_log: _BuildLog, image: FunctionImage | None, message: str, *, interrupted: bool
     ) -> None:
+        build_id = target.build_id
         try:
             await build_log.close()
             if interrupted:
@@ -249,10 +265,14 @@ class Builder:
                     message=build_log.mask(message)[:4000],
                     image=image.reference if image else None,
                     digest=image.digest if image else None,
+                    deploy=self.on_built is not None,
                 )
         except MortyError as exc:  # e.g. the function was deleted meanwhile
             log.warning("could not record the end of a build: %s", exc, extra={"build": build_id})
+            return
         log.info("build finished", extra={"build": build_id, "succeeded": image is not None})
+        if image is not None and self.on_built is not None:
+            await self.on_built(target.version_id)
 
     async def _build(self, target: BuildTarget, build_log: _BuildLog) -> FunctionImage:
         if target.runtime not in RECIPES:

@@ -31,15 +31,14 @@ from rik.model import (
     WorkloadManifest,
     WorkloadSpec,
 )
+from servicekit.database import as_utc
 
 
 def now() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything we store is UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+_aware = as_utc
 
 
 # Change feed ------------------------------------------------------------------------------------------

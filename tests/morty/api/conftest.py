@@ -17,6 +17,7 @@ import pytest
 
 from morty.api.app import create_app
 from morty.api.settings import Settings
+from morty.orchestrators.base import Orchestrator
 from tests.support.registry import free_tcp_port
 from tests.support.services import served
 
@@ -38,7 +39,7 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def morty_factory(database_url: str, data_dir: Path) -> MortyFactory:
     @asynccontextmanager
-    async def start(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async def start(orchestrator: Orchestrator | None = None, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
         port = free_tcp_port()
         settings = dataclasses.replace(
             Settings(),
@@ -48,7 +49,7 @@ def morty_factory(database_url: str, data_dir: Path) -> MortyFactory:
             token=TOKEN,
             **overrides,
         )
-        app = create_app(settings)
+        app = create_app(settings, orchestrator=orchestrator)
         auth = {"Authorization": f"Bearer {TOKEN}"}
         async with served(app, port) as url, httpx.AsyncClient(base_url=url, timeout=10, headers=auth) as client:
             client.app = app  # type: ignore[attr-defined]
@@ -101,10 +102,13 @@ async def deploy(api: httpx.AsyncClient, name: str, version: str) -> dict[str, A
 
 
 async def finish_build(api: httpx.AsyncClient, build_id: str, *, succeeded: bool = True) -> None:
-    """Play the builder's part through the store functions it will call."""
+    """Play the builder's part through the store functions it calls, and hand a success to the deployer
+    (when an orchestrator is attached) as the builder does."""
     from morty.api import store
+    from morty.api.tables import BuildRow
 
-    db = api.app.state.morty.db  # type: ignore[attr-defined]
+    morty = api.app.state.morty  # type: ignore[attr-defined]
+    db = morty.db
     async with db.transaction() as session:
         await store.start_build(session, build_id)
     async with db.transaction() as session:
@@ -117,7 +121,13 @@ async def finish_build(api: httpx.AsyncClient, build_id: str, *, succeeded: bool
             message="built" if succeeded else "pip install failed: no such package",
             image="127.0.0.1:5000/fn/hello@sha256:" + "a" * 64 if succeeded else None,
             digest="sha256:" + "a" * 64 if succeeded else None,
+            deploy=morty.deployer is not None,
         )
+    if succeeded and morty.deployer is not None:
+        async with db.read() as session:
+            build = await session.get(BuildRow, build_id)
+        await morty.deployer.enqueue(build.version_id)
+        await morty.deployer.wait(build.version_id)
 
 
 async def ready_version(api: httpx.AsyncClient, name: str, version: str, *, succeeded: bool = True) -> None:

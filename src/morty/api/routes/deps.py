@@ -11,10 +11,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from morty.api.builds import BuildQueue
 from morty.api.database import Database
+from morty.api.deployer import Deployer
 from morty.api.errors import Unauthorized
+from morty.api.instances import Instances
 from morty.api.keys import SecretBox
 from morty.api.models import ErrorBody
 from morty.api.settings import Settings
+from morty.orchestrators.base import Orchestrator
 from morty.storage.base import CodeStore
 
 
@@ -26,6 +29,10 @@ class MortyState:
     code_store: CodeStore
     build_queue: BuildQueue
     token: str
+    orchestrator: Orchestrator | None = None
+    deployer: Deployer | None = None
+    instances: Instances | None = None
+    """Both None while no orchestrator is attached: versions are ready once built, and nothing runs them."""
 
 
 def state(request: Request) -> MortyState:

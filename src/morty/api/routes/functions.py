@@ -7,8 +7,11 @@ import logging
 from fastapi import APIRouter
 
 from morty.api import store
+from morty.api.errors import Unavailable
 from morty.api.models import Function, FunctionCreate, FunctionDeleted, FunctionList, FunctionPatch
 from morty.api.routes.deps import AUTHENTICATED, Morty, errors
+from morty.builder.registry import BuildError, delete_image
+from morty.orchestrators.base import OrchestratorError
 
 router = APIRouter(prefix="/v1/functions", tags=["functions"], **AUTHENTICATED)
 log = logging.getLogger(__name__)
@@ -43,11 +46,25 @@ async def update_function(name: str, patch: FunctionPatch, morty: Morty) -> Func
     return function
 
 
-@router.delete("/{name}", response_model=FunctionDeleted, responses=errors(404))
+@router.delete("/{name}", response_model=FunctionDeleted, responses=errors(404, 503))
 async def delete_function(name: str, morty: Morty) -> FunctionDeleted:
-    """Delete the function with its secrets, versions, aliases, builds, invocation records and code
-    archives. (Its instances, orchestrator workloads and images will be removed through the
-    orchestrator and the builder once those are attached to Morty APIs.)"""
+    """Delete the function and everything it has: its instances and its versions in the orchestrator first
+    (if the orchestrator cannot, nothing is deleted: 503, retry), then its secrets, versions, aliases,
+    builds, invocation records, code archives and function images."""
+    async with morty.db.read() as session:
+        function = await store.function_row(session, name)
+        deployed = await store.deployment_keys(session, function.id)
+        images = await store.version_images(session, function.id)
+    if morty.instances is not None:
+        await morty.instances.stop_all(function.id, name)
+    if morty.orchestrator is not None:
+        for key in deployed:
+            try:
+                await morty.orchestrator.unregister(key)
+            except OrchestratorError as exc:
+                raise Unavailable(
+                    f"could not remove {name} from the orchestrator: {exc.reason}: {exc.message}"
+                ) from None
     async with morty.db.transaction() as session:
         deleted, keys = await store.delete_function(session, name)
     for key in keys:
@@ -55,5 +72,10 @@ async def delete_function(name: str, morty: Morty) -> FunctionDeleted:
             await morty.code_store.delete(key)
         except Exception:
             log.warning("could not delete a code object", extra={"function": name, "key": key}, exc_info=True)
+    for image, digest in images:
+        try:
+            await delete_image(image, digest)
+        except BuildError as exc:
+            log.warning("could not delete an image: %s", exc.message, extra={"function": name, "image": image})
     log.info("function deleted", extra={"function": name, **deleted.model_dump(exclude={"name"})})
     return deleted

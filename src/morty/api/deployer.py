@@ -1,0 +1,185 @@
+"""`Deployer`: a built version becomes runnable through the orchestrator, in the background.
+
+A successful build leaves its version `deploying` and hands it here. The deployer registers the version
+with the orchestrator (no instance), and for VM isolation has it boot one instance, snapshot it once ready
+and remove it, so that every later instance restores instead of booting. Then the version is `ready`; an
+orchestrator error makes it `failed` with the reason, and whatever version served before keeps serving.
+
+A version left `deploying` by a stopped process is deployed again at the next start (`resume`): every step
+is idempotent, so a half-done deployment is simply done again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from morty.api import store
+from morty.api.database import Database
+from morty.api.errors import MortyError
+from morty.api.keys import SecretBox
+from morty.api.models import Isolation, VersionStatus
+from morty.api.tables import FunctionRow, VersionRow
+from morty.orchestrators.base import DeploymentSpec, Orchestrator, OrchestratorError, OrchestratorUnavailable
+from morty.orchestrators.base import Isolation as OrchestratorIsolation
+
+log = logging.getLogger(__name__)
+RUNTIME_PORT = 8080
+"""Where alpha's runtime serves invocations inside every function image."""
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    timeout: float = 600.0
+    """Longest a deployment may take (a first VM boot under TCG takes tens of seconds)."""
+    snapshots: bool = True
+    """VM versions get a warm snapshot at deploy time, and instances restore it."""
+    unavailable_retries: int = 5
+    retry_delay: float = 2.0
+
+
+def deployment_key(function: str, version_id: str) -> str:
+    """A DNS label unique per version, stable across retries."""
+    return f"{function[:40]}-{version_id[:12]}"
+
+
+def image_reference(image: str, digest: str | None) -> str:
+    """Pin the tag to the digest the build pushed, so a re-pushed tag never changes a deployed version."""
+    return f"{image}@{digest}" if digest and "@" not in image else image
+
+
+def cpu_millis(vcpus: int) -> int:
+    """The CPU share requested per instance: a quarter core per vCPU, so a node packs idle functions densely
+    while each instance may still burst to its vCPUs."""
+    return 250 * vcpus
+
+
+class Deployer:
+    def __init__(
+        self, db: Database, box: SecretBox, orchestrator: Orchestrator, settings: DeploySettings | None = None
+    ) -> None:
+        self._db, self._box, self._orchestrator = db, box, orchestrator
+        self.settings = settings or DeploySettings()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._closing = False
+
+    async def enqueue(self, version_id: str) -> None:
+        if version_id in self._tasks or self._closing:
+            return
+        task = asyncio.create_task(self._deploy(version_id), name=f"deploy-{version_id}")
+        self._tasks[version_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(version_id, None))
+
+    async def resume(self) -> int:
+        """Deploy again every version a previous process left `deploying`."""
+        async with self._db.read() as session:
+            pending = (
+                await session.scalars(select(VersionRow.id).where(VersionRow.status == VersionStatus.DEPLOYING.value))
+            ).all()
+        for version_id in pending:
+            await self.enqueue(version_id)
+        return len(pending)
+
+    async def wait(self, version_id: str) -> None:
+        task = self._tasks.get(version_id)
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+
+    async def close(self) -> None:
+        """Stop at shutdown; interrupted versions stay `deploying` and are resumed at the next start."""
+        self._closing = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _spec(self, version_id: str) -> DeploymentSpec | None:
+        async with self._db.transaction() as session:
+            version = await session.get(VersionRow, version_id, with_for_update=True)
+            function = await session.get(FunctionRow, version.function_id) if version is not None else None
+            if version is None or function is None or version.status != VersionStatus.DEPLOYING.value:
+                return None
+            if version.image is None:
+                raise OrchestratorError("NoImage", "the version has no image to deploy")
+            if version.deployment_key is None:
+                version.deployment_key = deployment_key(function.name, version.id)
+            secrets = await store.secret_values(session, self._box, function.name)
+            isolation = OrchestratorIsolation(Isolation(function.isolation).value)
+            return DeploymentSpec(
+                key=version.deployment_key,
+                image=image_reference(version.image, version.digest),
+                isolation=isolation,
+                port=RUNTIME_PORT,
+                memory_mib=function.memory_mib,
+                vcpus=function.vcpus,
+                cpu_millis=cpu_millis(function.vcpus),
+                env={
+                    **{str(k): str(v) for k, v in function.env.items()},
+                    **secrets,
+                    "MORTY_FUNCTION": function.name,
+                    "MORTY_VERSION": version.version,
+                },
+                labels={"morty.function": function.name, "morty.version": version.version},
+            )
+
+    async def _deploy(self, version_id: str) -> None:
+        attempt = 0
+        while True:
+            try:
+                await asyncio.wait_for(self._deploy_once(version_id), self.settings.timeout)
+                return
+            except OrchestratorUnavailable as exc:
+                attempt += 1
+                if attempt > self.settings.unavailable_retries:
+                    await self._fail(version_id, f"the orchestrator is unavailable: {exc.message}")
+                    return
+                log.warning("orchestrator unavailable; retrying the deployment", extra={"version": version_id})
+                await asyncio.sleep(self.settings.retry_delay * attempt)
+            except OrchestratorError as exc:
+                await self._fail(version_id, f"{exc.reason}: {exc.message}")
+                return
+            except TimeoutError:
+                await self._fail(version_id, f"not deployed within {self.settings.timeout:.0f}s")
+                return
+            except MortyError as exc:  # the function or version was deleted meanwhile
+                log.info("deployment abandoned: %s", exc, extra={"version": version_id})
+                return
+
+    async def _deploy_once(self, version_id: str) -> None:
+        spec = await self._spec(version_id)
+        if spec is None:
+            return
+        log.info("deploying", extra={"version": version_id, "key": spec.key, "isolation": spec.isolation.value})
+        await self._orchestrator.register(spec)
+        snapshot = None
+        if spec.isolation == OrchestratorIsolation.VM and self.settings.snapshots:
+            snapshot = await self._orchestrator.prepare_snapshot(spec.key, within=self.settings.timeout)
+        async with self._db.transaction() as session:
+            version = await session.get(VersionRow, version_id, with_for_update=True)
+            if version is not None and version.status == VersionStatus.DEPLOYING.value:
+                version.status = VersionStatus.READY.value
+                version.status_message = f"ready; instances restore snapshot {snapshot}" if snapshot else "ready"
+                version.ready_at = store.now()
+                deployed = True
+            else:
+                deployed = False
+        if not deployed:  # deleted (or failed) while it deployed: leave nothing behind in the orchestrator
+            log.info("version gone while deploying; unregistering", extra={"version": version_id, "key": spec.key})
+            await self._orchestrator.unregister(spec.key)
+            return
+        log.info("deployed", extra={"version": version_id, "key": spec.key, "snapshot": snapshot})
+
+    async def _fail(self, version_id: str, message: str) -> None:
+        log.warning("deployment failed: %s", message, extra={"version": version_id})
+        async with self._db.transaction() as session:
+            version = await session.get(VersionRow, version_id, with_for_update=True)
+            if version is not None and version.status == VersionStatus.DEPLOYING.value:
+                version.status = VersionStatus.FAILED.value
+                version.status_message = f"deployment failed: {message}"[:4000]

@@ -1,0 +1,308 @@
+"""`Instances`: the function instances Morty runs through the orchestrator, and their scaling.
+
+- `provision(function, ref)` brings one instance of the version `ref` resolves to up, ready (restored from
+  the version's snapshot for VMs), within `max_instances`, and records it.
+- `stop(function, id)` removes exactly that instance: first every `before_stop` hook runs (the gateway
+  drains it there), then the orchestrator deletes it, then its record goes.
+- `touch({id: at})` marks instances active (invocation records call it); a background loop stops instances
+  idle longer than their function's `idle_timeout`, keeping `min_instances` of them, and brings functions
+  below `min_instances` back up to it.
+- `reconcile()` (at start and periodically) makes the records match what the orchestrator runs: instances
+  started by a process that stopped before recording them are adopted (and age out when idle); records of
+  instances that no longer run are dropped. So a restart mid-provisioning loses nothing and leaks nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from prometheus_client import Counter, Gauge, Histogram
+from sqlalchemy import delete, func, select, update
+
+from morty.api import store
+from morty.api.database import Database
+from morty.api.errors import Busy, Conflict, MortyError, NotFound, Unavailable
+from morty.api.models import Instance, StartPath, VersionStatus
+from morty.api.tables import FunctionRow, InstanceRow, VersionRow
+from morty.orchestrators.base import Orchestrator, OrchestratorError, OrchestratorUnavailable
+
+log = logging.getLogger(__name__)
+PROVISIONS = Counter("morty_instance_provisions_total", "Instances asked for", ["result", "path"])
+PROVISION_SECONDS = Histogram(
+    "morty_instance_provision_seconds",
+    "From the request to a ready instance",
+    ["path"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+)
+STOPS = Counter("morty_instance_stops_total", "Instances stopped", ["reason"])
+RUNNING = Gauge("morty_instances", "Instances Morty runs")
+
+BeforeStop = Callable[[str, str], Awaitable[None]]
+"""Called with (function, instance id) before an instance is stopped."""
+
+
+@dataclass(frozen=True)
+class ScalingSettings:
+    provision_timeout: float = 120.0
+    tick: float = 1.0
+    """How often idle instances and `min_instances` are checked."""
+    reconcile_interval: float = 30.0
+
+
+def _instance(function: str, version: str, row: InstanceRow, idle_timeout: int) -> Instance:
+    return Instance(
+        id=row.id,
+        function=function,
+        version=version,
+        url=f"http://{row.host}:{row.port}",
+        host=row.host,
+        port=row.port,
+        start_path=StartPath(row.start_path),
+        provision_ms=row.provision_ms,
+        started_at=store.aware(row.started_at),
+        last_active_at=store.aware(row.last_active_at),
+        idle_timeout_seconds=idle_timeout,
+    )
+
+
+class Instances:
+    def __init__(self, db: Database, orchestrator: Orchestrator, settings: ScalingSettings | None = None) -> None:
+        self._db, self._orchestrator = db, orchestrator
+        self.settings = settings or ScalingSettings()
+        self.before_stop: list[BeforeStop] = []
+        self._pending: defaultdict[str, int] = defaultdict(int)
+        """Provisions under way per function, counted against `max_instances`."""
+        self._limits = asyncio.Lock()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # Asked for -------------------------------------------------------------------------------------------------
+
+    async def provision(self, name: str, ref: str = "latest") -> Instance:
+        async with self._db.read() as session:
+            resolved = await store.resolve(session, f"{name}@{ref}" if ref else name)
+            function = await store.function_row(session, name)
+            version = await store.version_row(session, function, resolved.version)
+        if version.status != VersionStatus.READY.value or version.deployment_key is None:
+            raise Conflict(
+                f"version {version.version} of {name!r} is {version.status}, not deployed; "
+                "an instance needs a ready version"
+            )
+        async with self._limits:
+            async with self._db.read() as session:
+                running = await session.scalar(
+                    select(func.count()).select_from(InstanceRow).where(InstanceRow.function_id == function.id)
+                )
+            if (running or 0) + self._pending[function.id] >= function.max_instances:
+                raise Busy(f"function {name!r} already runs max_instances={function.max_instances} instances")
+            self._pending[function.id] += 1
+        started = time.perf_counter()
+        try:
+            endpoint = await self._orchestrator.start_instance(
+                version.deployment_key, within=self.settings.provision_timeout
+            )
+        except OrchestratorUnavailable as exc:
+            PROVISIONS.labels("unavailable", "").inc()
+            raise Unavailable(f"the orchestrator is unavailable: {exc.message}") from None
+        except OrchestratorError as exc:
+            PROVISIONS.labels("failed", "").inc()
+            raise Unavailable(f"no instance of {name} {version.version}: {exc.reason}: {exc.message}") from None
+        finally:
+            self._pending[function.id] -= 1
+        elapsed = time.perf_counter() - started
+        PROVISIONS.labels("ready", endpoint.path.value).inc()
+        PROVISION_SECONDS.labels(endpoint.path.value).observe(elapsed)
+        stamp = store.now()
+        row = InstanceRow(
+            id=endpoint.instance_id,
+            function_id=function.id,
+            version_id=version.id,
+            host=endpoint.host,
+            port=endpoint.port,
+            start_path=endpoint.path.value,
+            provision_ms=round(elapsed * 1000, 3),
+            started_at=stamp,
+            last_active_at=stamp,
+        )
+        try:
+            async with self._db.transaction() as session:
+                if await session.get(FunctionRow, function.id) is None:
+                    raise NotFound(f"function {name!r} was deleted while its instance started")
+                await session.merge(row)
+        except MortyError:
+            await self._orchestrator.stop_instance(version.deployment_key, endpoint.instance_id)
+            raise
+        RUNNING.inc()
+        log.info(
+            "instance ready",
+            extra={"function": name, "version": version.version, "instance": row.id, "path": row.start_path,
+                   "provision_ms": row.provision_ms},
+        )  # fmt: skip
+        return _instance(name, version.version, row, function.idle_timeout_seconds)
+
+    async def list(self, name: str) -> list[Instance]:
+        async with self._db.read() as session:
+            function = await store.function_row(session, name)
+            rows = await session.execute(
+                select(InstanceRow, VersionRow.version)
+                .join(VersionRow, VersionRow.id == InstanceRow.version_id)
+                .where(InstanceRow.function_id == function.id)
+                .order_by(InstanceRow.started_at)
+            )
+            return [_instance(name, version, row, function.idle_timeout_seconds) for row, version in rows]
+
+    async def stop(self, name: str, instance_id: str, *, reason: str = "requested") -> None:
+        async with self._db.read() as session:
+            function = await store.function_row(session, name)
+            found = (
+                await session.execute(
+                    select(InstanceRow, VersionRow.deployment_key)
+                    .join(VersionRow, VersionRow.id == InstanceRow.version_id)
+                    .where(InstanceRow.id == instance_id[:128], InstanceRow.function_id == function.id)
+                )
+            ).first()
+        if found is None:
+            raise NotFound(f"function {name!r} has no instance {instance_id[:80]!r}")
+        row, key = found
+        await self._stop(name, row.id, key, reason)
+
+    async def _stop(self, name: str, instance_id: str, key: str | None, reason: str) -> None:
+        for hook in self.before_stop:
+            try:
+                await hook(name, instance_id)
+            except Exception:
+                log.warning("a before-stop hook failed", extra={"instance": instance_id}, exc_info=True)
+        if key is not None:
+            try:
+                await self._orchestrator.stop_instance(key, instance_id)
+            except OrchestratorError as exc:
+                raise Unavailable(f"could not stop instance {instance_id}: {exc.reason}: {exc.message}") from None
+        async with self._db.transaction() as session:
+            deleted = await session.execute(delete(InstanceRow).where(InstanceRow.id == instance_id))
+        if deleted.rowcount:  # type: ignore[attr-defined]
+            RUNNING.dec()
+        STOPS.labels(reason).inc()
+        log.info("instance stopped", extra={"function": name, "instance": instance_id, "reason": reason})
+
+    async def touch(self, activity: dict[str, datetime]) -> None:
+        """Instances were active at the given times (the latest per instance)."""
+        if not activity:
+            return
+        async with self._db.transaction() as session:
+            for instance_id, at in activity.items():
+                await session.execute(
+                    update(InstanceRow)
+                    .where(InstanceRow.id == instance_id, InstanceRow.last_active_at < at)
+                    .values(last_active_at=at)
+                )
+
+    async def stop_all(self, function_id: str, name: str) -> None:
+        """Every instance of a function (it is being deleted)."""
+        async with self._db.read() as session:
+            rows = (
+                await session.execute(
+                    select(InstanceRow.id, VersionRow.deployment_key)
+                    .join(VersionRow, VersionRow.id == InstanceRow.version_id)
+                    .where(InstanceRow.function_id == function_id)
+                )
+            ).all()
+        for instance_id, key in rows:
+            await self._stop(name, instance_id, key, "function deleted")
+
+    # In the background -----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self._loop(), name="instances")
+
+    async def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+
+    async def _loop(self) -> None:
+        last_reconcile = -float("inf")
+        while True:
+            try:
+                if time.monotonic() - last_reconcile >= self.settings.reconcile_interval:
+                    await self.reconcile()
+                    last_reconcile = time.monotonic()
+                await self.scale_once()
+            except asyncio.CancelledError:
+                raise
+            except OrchestratorUnavailable as exc:
+                log.warning("orchestrator unavailable; scaling waits", extra={"error": exc.message})
+            except Exception:
+                log.exception("scaling pass failed")
+            await asyncio.sleep(self.settings.tick)
+
+    async def scale_once(self, now: datetime | None = None) -> None:
+        """Stop idle instances beyond `min_instances`; start instances up to `min_instances`."""
+        now = now or store.now()
+        async with self._db.read() as session:
+            functions = (await session.scalars(select(FunctionRow))).all()
+            rows = (await session.scalars(select(InstanceRow).order_by(InstanceRow.last_active_at.desc()))).all()
+            keys = dict((await session.execute(select(VersionRow.id, VersionRow.deployment_key))).all())
+        by_function: defaultdict[str, list[InstanceRow]] = defaultdict(list)
+        for row in rows:
+            by_function[row.function_id].append(row)
+        for function in functions:
+            mine = by_function[function.id]
+            idle_after = timedelta(seconds=function.idle_timeout_seconds)
+            for row in mine[function.min_instances :]:
+                if store.aware(row.last_active_at) + idle_after <= now:
+                    await self._stop(function.name, row.id, keys.get(row.version_id), "idle")
+            missing = function.min_instances - len(mine) - self._pending[function.id]
+            for _ in range(max(0, missing)):
+                try:
+                    await self.provision(function.name)
+                except MortyError as exc:
+                    log.debug("min_instances not met: %s", exc.message, extra={"function": function.name})
+                    break
+
+    async def reconcile(self) -> None:
+        async with self._db.read() as session:
+            versions = (
+                await session.execute(
+                    select(VersionRow.id, VersionRow.function_id, VersionRow.deployment_key).where(
+                        VersionRow.deployment_key.is_not(None),
+                        VersionRow.status.in_([VersionStatus.READY.value, VersionStatus.DEPLOYING.value]),
+                    )
+                )
+            ).all()
+            recorded = {row.id: row for row in (await session.scalars(select(InstanceRow))).all()}
+        running: set[str] = set()
+        adopted: list[InstanceRow] = []
+        stamp = store.now()
+        for version_id, function_id, key in versions:
+            assert key is not None  # selected so
+            for endpoint in await self._orchestrator.instances(key):
+                running.add(endpoint.instance_id)
+                if endpoint.instance_id in recorded:
+                    continue
+                adopted.append(
+                    InstanceRow(
+                        id=endpoint.instance_id, function_id=function_id, version_id=version_id, host=endpoint.host,
+                        port=endpoint.port, start_path=StartPath.ADOPTED.value, provision_ms=0.0, started_at=stamp,
+                        last_active_at=stamp,
+                    )
+                )  # fmt: skip
+        gone = [instance_id for instance_id in recorded if instance_id not in running]
+        if not adopted and not gone:
+            return
+        async with self._db.transaction() as session:
+            for row in adopted:
+                await session.merge(row)
+            if gone:
+                await session.execute(delete(InstanceRow).where(InstanceRow.id.in_(gone)))
+        log.info("instances reconciled", extra={"adopted": [r.id for r in adopted], "gone": gone})
+        async with self._db.read() as session:
+            RUNNING.set(await session.scalar(select(func.count()).select_from(InstanceRow)) or 0)

@@ -1,0 +1,262 @@
+"""Deployments and instances through Morty APIs with an orchestrator attached (a recording test double here;
+tests/morty/e2e runs the same flows on a real RIK): a built version is registered and snapshotted before it
+is `ready`, instances come up within the function's limits, idle ones stop, `min_instances` is kept, a restart
+resumes deployments and adopts instances it did not record, and deleting a function leaves nothing running."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from morty.api import store
+from morty.api.deployer import deployment_key
+from morty.orchestrators.base import InstanceEndpoint, OrchestratorError, StartPath
+from tests.morty.api._fake_orchestrator import FakeOrchestrator
+from tests.morty.api.conftest import MortyFactory, create_function, ready_version
+
+SLOW_TICK = {"scaling_tick": 3600.0}
+"""The background pass stays out of the way; tests run `scale_once` and `reconcile` themselves."""
+
+
+def _morty(api: httpx.AsyncClient) -> Any:
+    return api.app.state.morty  # type: ignore[attr-defined]
+
+
+async def _version(api: httpx.AsyncClient, name: str, version: str) -> dict[str, Any]:
+    body: dict[str, Any] = (await api.get(f"/v1/functions/{name}/versions/{version}")).json()
+    return body
+
+
+async def test_a_built_vm_version_is_registered_and_snapshotted_before_it_is_ready(
+    morty_factory: MortyFactory,
+) -> None:
+    fake = FakeOrchestrator()
+    async with morty_factory(orchestrator=fake, **SLOW_TICK) as api:
+        await create_function(api, "hello", env={"GREETING": "hi"}, memory_mib=256, vcpus=2)
+        assert (await api.put("/v1/functions/hello/secrets/API_KEY", json={"value": "k3y-value"})).status_code == 201
+        await ready_version(api, "hello", "1.0.0")
+
+        version = await _version(api, "hello", "1.0.0")
+        assert version["status"] == "ready", version
+        assert "snapshot" in version["status_message"]
+        [key] = fake.specs
+        spec = fake.specs[key]
+        assert fake.calls[:2] == [("register", key), ("prepare_snapshot", key)]
+        assert spec.image.endswith("@sha256:" + "a" * 64)
+        assert spec.env == {
+            "GREETING": "hi", "API_KEY": "k3y-value", "MORTY_FUNCTION": "hello", "MORTY_VERSION": "1.0.0",
+        }  # fmt: skip
+        assert (spec.memory_mib, spec.vcpus, spec.port) == (256, 2, 8080)
+        assert spec.labels == {"morty.function": "hello", "morty.version": "1.0.0"}
+        assert fake.running[key] == [], "deploying starts no instance that stays"
+
+
+async def test_container_isolation_deploys_without_a_snapshot(morty_factory: MortyFactory) -> None:
+    fake = FakeOrchestrator()
+    async with morty_factory(orchestrator=fake, **SLOW_TICK) as api:
+        await create_function(api, "boxed", isolation="container")
+        await ready_version(api, "boxed", "1.0.0")
+        assert (await _version(api, "boxed", "1.0.0"))["status"] == "ready"
+        [spec] = fake.specs.values()
+        assert spec.isolation.value == "container"
+        assert [name for name, _ in fake.calls] == ["register"]
+
+
+async def test_a_failed_deployment_fails_its_version_and_the_previous_one_keeps_serving(
+    morty_factory: MortyFactory,
+) -> None:
+    fake = FakeOrchestrator()
+    async with morty_factory(orchestrator=fake, **SLOW_TICK) as api:
+        await create_function(api, "hello")
+        await ready_version(api, "hello", "1.0.0")
+        fake.fail_snapshot = OrchestratorError("ImagePullFailed", "manifest unknown")
+        await ready_version(api, "hello", "1.1.0")
+
+        failed = await _version(api, "hello", "1.1.0")
+        assert failed["status"] == "failed"
+        assert failed["status_message"] == "deployment failed: ImagePullFailed: manifest unknown"
+        assert (await api.get("/v1/resolve/hello@latest")).json()["version"] == "1.0.0"
+        instance = await api.post("/v1/functions/hello/instances", json={})
+        assert instance.status_code == 201, instance.text
+        assert instance.json()["version"] == "1.0.0"
+
+
+async def test_instances_come_up_ready_within_max_instances(morty_factory: MortyFactory) -> None:
+    fake = FakeOrchestrator()
+    async with morty_factory(orchestrator=fake, **SLOW_TICK) as api:
+        await create_function(api, "hello", max_instances=2)
+        await ready_version(api, "hello", "1.0.0")
+
+        first = await api.post("/v1/functions/hello/instances")
+        assert first.status_code == 201, first.text
+        body = first.json()
+        assert body["start_path"] == "restored" and body["version"] == "1.0.0"
+        assert body["url"] == f"http://{body['host']}:{body['port']}"
+        assert (await api.post("/v1/functions/hello/instances", json={"version": "1.0.0"})).status_code == 201
+
+        third = await api.post("/v1/functions/hello/instances")
+        assert third.status_code == 429
+        assert "max_instances=2" in third.json()["error"]
+        listed = (await api.get("/v1/functions/hello/instances")).json()["items"]
+        assert len(listed) == 2 and listed[0]["id"] == body["id"]
+
+        stopped = await api.delete(f"/v1/functions/hello/instances/{body['id']}")
+        assert stopped.status_code == 204
+        assert ("stop_instance", body["id"]) in fake.calls
+        assert [i["id"] for i in (await api.get("/v1/functions/hello/instances")).json()["items"]] == [listed[1]["id"]]
+        assert (await api.delete(f"/v1/functions/hello/instances/{body['id']}")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("request_body", "status", "message"),
+    [
+        ({"version": "9.9.9"}, 404, "no version '9.9.9'"),
+        ({"version": "nope"}, 404, "no alias 'nope'"),
+        ({"version": "1.0.0", "extra": 1}, 422, "extra"),
+        ({"version": 5}, 422, "version"),
+    ],
+)
+async def test_bad_instance_requests_get_clear_errors(
+    morty_factory: MortyFactory, request_body: dict[str, Any], status: int, message: str
+) -> None:
+    async with morty_factory(orchestrator=FakeOrchestrator(), **SLOW_TICK) as api:
+        await create_function(api, "hello")
+        await ready_version(api, "hello", "1.0.0")
+        response = await api.post("/v1/functions/hello/instances", json=request_body)
+        assert response.status_code == status, response.text
+        assert message in response.text
+
+
+async def test_an_instance_needs_a_deployed_version_and_an_orchestrator(morty_factory: MortyFactory) -> None:
+    fake = FakeOrchestrator(fail_snapshot=OrchestratorError("Timeout", "too slow"))
+    async with morty_factory(orchestrator=fake, **SLOW_TICK) as api:
+        await create_function(api, "hello")
+        await ready_version(api, "hello", "1.0.0")
+        refused = await api.post("/v1/functions/hello/instances", json={"version": "1.0.0"})
+        assert refused.status_code == 409
+        assert "is failed, not deployed" in refused.json()["error"]
+    async with morty_factory() as api:
+        unavailable = await api.post("/v1/functions/hello/instances")
+        assert unavailable.status_code == 503
+        assert "no orchestrator" in unavailable.json()["error"]
+
+
+async def test_idle_instances_stop_unless_active_and_min_instances_are_kept(morty_factory: MortyFactory) -> None:
+    fake = FakeOrchestrator()
+    async with morty_factory(orchestrator=fake, **SLOW_TICK) as api:
+        await create_function(api, "hello", idle_timeout_seconds=10, max_instances=5)
+        await ready_version(api, "hello", "1.0.0")
+        instances = _morty(api).instances
+        busy = (await api.post("/v1/functions/hello/instances")).json()
+        idle = (await api.post("/v1/functions/hello/instances")).json()
+        started = datetime.fromisoformat(busy["started_at"])
+
+        record = {
+            "id": "rec-1", "function": "hello", "version": "1.0.0", "status": 200, "path": "warm",
+            "started_at": (started + timedelta(seconds=7)).isoformat(),
+            "finished_at": (started + timedelta(seconds=8)).isoformat(), "instance": busy["id"],
+        }  # fmt: skip
+        assert (await api.post("/v1/invocations:batch", json={"records": [record]})).status_code == 200
+
+        await instances.scale_once(now=started + timedelta(seconds=9))
+        assert len((await api.get("/v1/functions/hello/instances")).json()["items"]) == 2, "not idle long enough"
+        await instances.scale_once(now=started + timedelta(seconds=12))
+        left = (await api.get("/v1/functions/hello/instances")).json()["items"]
+        assert [i["id"] for i in left] == [busy["id"]], "the idle one stops, the active one stays"
+        assert ("stop_instance", idle["id"]) in fake.calls
+
+        assert (await api.patch("/v1/functions/hello", json={"min_instances": 2})).status_code == 200
+        await instances.scale_once(now=started + timedelta(seconds=100))
+        left = (await api.get("/v1/functions/hello/instances")).json()["items"]
+        assert len(left) == 2 and busy["id"] in {i["id"] for i in left}, "min_instances: kept, and topped up"
+
+
+async def test_a_restart_resumes_deployments_and_adopts_what_it_did_not_record(
+    morty_factory: MortyFactory,
+) -> None:
+    fake = FakeOrchestrator(snapshot_gate=asyncio.Event())
+    async with morty_factory(orchestrator=fake, **SLOW_TICK) as api:
+        await create_function(api, "hello")
+        build = (await _deploy_upload(api))["build"]["id"]
+        await _finish_without_waiting(api, build)
+        assert (await _version(api, "hello", "1.0.0"))["status"] == "deploying"
+    # The first process stopped mid-deployment; a new one finishes it.
+    fake.snapshot_gate = None
+    async with morty_factory(orchestrator=fake, **SLOW_TICK) as api:
+        morty = _morty(api)
+        for version_id in list(morty.deployer._tasks):
+            await morty.deployer.wait(version_id)
+        assert (await _version(api, "hello", "1.0.0"))["status"] == "ready"
+        [key] = fake.specs
+        # An instance the orchestrator runs but Morty never recorded (it stopped mid-provisioning) is adopted,
+        # and a recorded instance that no longer runs is dropped.
+        recorded = (await api.post("/v1/functions/hello/instances")).json()
+        fake.running[key] = [InstanceEndpoint("stray-1", "10.0.0.9", 31000, StartPath.RESTORED)]
+        await morty.instances.reconcile()
+        listed = (await api.get("/v1/functions/hello/instances")).json()["items"]
+        assert [(i["id"], i["start_path"]) for i in listed] == [("stray-1", "adopted")]
+        assert recorded["id"] not in {i["id"] for i in listed}
+
+
+async def test_deleting_a_function_removes_its_instances_and_deployments(morty_factory: MortyFactory) -> None:
+    fake = FakeOrchestrator()
+    async with morty_factory(orchestrator=fake, **SLOW_TICK) as api:
+        await create_function(api, "hello")
+        await ready_version(api, "hello", "1.0.0")
+        await ready_version(api, "hello", "1.1.0")
+        instance = (await api.post("/v1/functions/hello/instances")).json()
+        keys = set(fake.specs)
+        assert len(keys) == 2
+
+        fake_error = OrchestratorError("Rik503", "controller down")
+        original = fake.unregister
+
+        async def refuse(key: str) -> None:
+            raise fake_error
+
+        fake.unregister = refuse  # type: ignore[method-assign]
+        refused = await api.delete("/v1/functions/hello")
+        assert refused.status_code == 503 and "controller down" in refused.json()["error"]
+        assert (await api.get("/v1/functions/hello")).status_code == 200, "nothing deleted when RIK refuses"
+
+        fake.unregister = original  # type: ignore[method-assign]
+        deleted = await api.delete("/v1/functions/hello")
+        assert deleted.status_code == 200, deleted.text
+        assert fake.specs == {} and all(not running for running in fake.running.values())
+        assert ("stop_instance", instance["id"]) in fake.calls
+        assert {key for call, key in fake.calls if call == "unregister"} == keys
+        assert (await api.get("/v1/functions/hello")).status_code == 404
+
+
+def test_deployment_keys_are_dns_labels_unique_per_version() -> None:
+    key = deployment_key("a" * 63, "0123456789abcdef" * 2)
+    assert key == "a" * 40 + "-0123456789ab" and len(key) <= 63
+    assert deployment_key("hello", store.new_id()) != deployment_key("hello", store.new_id())
+
+
+async def _deploy_upload(api: httpx.AsyncClient) -> dict[str, Any]:
+    from tests.morty.api.conftest import deploy
+
+    return await deploy(api, "hello", "1.0.0")
+
+
+async def _finish_without_waiting(api: httpx.AsyncClient, build_id: str) -> None:
+    """The builder's part, handing the version to the deployer without waiting for the deployment."""
+    from morty.api.tables import BuildRow
+
+    morty = _morty(api)
+    async with morty.db.transaction() as session:
+        await store.start_build(session, build_id)
+    async with morty.db.transaction() as session:
+        await store.finish_build(
+            session, build_id, succeeded=True, message="built", image="127.0.0.1:5000/fn/hello:1.0.0",
+            digest="sha256:" + "b" * 64, deploy=True,
+        )  # fmt: skip
+    async with morty.db.read() as session:
+        build = await session.get(BuildRow, build_id)
+    assert build is not None
+    await morty.deployer.enqueue(build.version_id)
