@@ -1,0 +1,1 @@
+"""The gateway's persisted configuration: routes, services and targets, and the change feed replicas follow."""
