@@ -116,7 +116,7 @@ async def test_live_changes_balance_drain_and_restart(tmp_path: Path) -> None:
         with gateway_process(tmp_path) as gw, gw.admin_client() as admin:
             routes = {r["name"] for r in admin.get("/v1/routes").json()["items"]}
             assert routes == {"web", "api"}
-            response = httpx.get(f"{gw.proxy}/api/x")
+            response = await asyncio.to_thread(httpx.get, f"{gw.proxy}/api/x")
             assert response.status_code == 200 and response.headers["x-upstream"] == "A"
 
 
@@ -182,7 +182,7 @@ async def test_cold_start_calls_the_hook_once_and_releases_all(tmp_path: Path) -
                 "auth": "Bearer hook-token",
             }
             # Warm now: no further call.
-            assert httpx.get(f"{gw.proxy}/fn/hello").status_code == 200
+            assert (await asyncio.to_thread(httpx.get, f"{gw.proxy}/fn/hello")).status_code == 200
             assert len(hook.calls) == 1
             with gw.admin_client() as admin:
                 metrics = await asyncio.to_thread(
@@ -200,10 +200,7 @@ async def test_cold_start_calls_the_hook_once_and_releases_all(tmp_path: Path) -
 @pytest.mark.parametrize("failure", ["hook fails", "hook too slow"])
 async def test_cold_start_failure_answers_503_within_the_deadline(tmp_path: Path, failure: str) -> None:
     with gateway_process(tmp_path) as gw:
-        if failure == "hook fails":
-            hook = Hook(gw.admin, 1, status=500)
-        else:
-            hook = Hook(gw.admin, 1, hang=4)
+        hook = Hook(gw.admin, 1, status=500) if failure == "hook fails" else Hook(gw.admin, 1, hang=4)
         hook_port = free_tcp_port()
         async with served(hook.app, hook_port):
             await _cold_route(gw, f"http://127.0.0.1:{hook_port}/provision", timeout_s=1.5)
@@ -217,29 +214,33 @@ async def test_cold_start_failure_answers_503_within_the_deadline(tmp_path: Path
 
 
 async def test_killed_target_is_ejected_retried_and_restored(tmp_path: Path) -> None:
-    with upstream_process("A") as (port_a, process_a), upstream_process("B") as (port_b, _):
-        with gateway_process(tmp_path) as gw, gw.admin_client() as admin:
-            health = {"path": "/healthz", "interval_s": 0.2, "timeout_s": 0.5}
-            setup_service(admin, "web", [port_a, port_b], health_check=health, passive={"max_failures": 1}, retries=2)
-            assert admin.put("/v1/routes/web", json={"service": "web"}).status_code == 201
-            gw.sync(admin)
-            async with Traffic(gw.proxy, concurrency=6) as traffic:
-                await traffic.wait_for(lambda: {"A", "B"} <= set(traffic.upstreams), 10, "both targets serve")
-                process_a.kill()
-                process_a.wait()
+    with (
+        upstream_process("A") as (port_a, process_a),
+        upstream_process("B") as (port_b, _),
+        gateway_process(tmp_path) as gw,
+        gw.admin_client() as admin,
+    ):
+        health = {"path": "/healthz", "interval_s": 0.2, "timeout_s": 0.5}
+        setup_service(admin, "web", [port_a, port_b], health_check=health, passive={"max_failures": 1}, retries=2)
+        assert admin.put("/v1/routes/web", json={"service": "web"}).status_code == 201
+        gw.sync(admin)
+        async with Traffic(gw.proxy, concurrency=6) as traffic:
+            await traffic.wait_for(lambda: {"A", "B"} <= set(traffic.upstreams), 10, "both targets serve")
+            process_a.kill()
+            process_a.wait()
+            mark = len(traffic.upstreams)
+            await traffic.wait_for(lambda: len(traffic.upstreams) > mark + 300, 20, "traffic after the kill")
+
+            def a_unusable() -> bool:
+                targets = admin.get("/v1/stats").json()["targets"]["web"]
+                return not targets[f"127.0.0.1:{port_a}"]["usable"]
+
+            await asyncio.to_thread(wait_until, a_unusable, 10, "A reported unusable")
+            assert set(traffic.upstreams[mark + 50 :]) == {"B"}
+            with upstream_process("A", port_a):
                 mark = len(traffic.upstreams)
-                await traffic.wait_for(lambda: len(traffic.upstreams) > mark + 300, 20, "traffic after the kill")
-
-                def a_unusable() -> bool:
-                    targets = admin.get("/v1/stats").json()["targets"]["web"]
-                    return not targets[f"127.0.0.1:{port_a}"]["usable"]
-
-                await asyncio.to_thread(wait_until, a_unusable, 10, "A reported unusable")
-                assert set(traffic.upstreams[mark + 50 :]) == {"B"}
-                with upstream_process("A", port_a):
-                    mark = len(traffic.upstreams)
-                    await traffic.wait_for(lambda: "A" in traffic.upstreams[mark:], 15, "A back in rotation")
-            assert set(traffic.statuses) == {200} and not traffic.errors, (traffic.statuses, traffic.errors[:3])
+                await traffic.wait_for(lambda: "A" in traffic.upstreams[mark:], 15, "A back in rotation")
+        assert set(traffic.statuses) == {200} and not traffic.errors, (traffic.statuses, traffic.errors[:3])
 
 
 def _rss_kib(pid: int) -> int:
