@@ -48,8 +48,13 @@ def deployment_key(function: str, version_id: str) -> str:
 
 
 def image_reference(image: str, digest: str | None) -> str:
-    """Pin the tag to the digest the build pushed, so a re-pushed tag never changes a deployed version."""
-    return f"{image}@{digest}" if digest and "@" not in image else image
+    """`repository@digest`: the image the build pushed, so a re-pushed tag never changes a deployed version.
+    (The tag is dropped: skopeo refuses references with both a tag and a digest.)"""
+    if not digest or "@" in image:
+        return image
+    repository, _, last = image.rpartition("/")
+    name = last.split(":", 1)[0]
+    return f"{repository}/{name}@{digest}" if repository else f"{name}@{digest}"
 
 
 def cpu_millis(vcpus: int) -> int:

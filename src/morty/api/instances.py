@@ -274,7 +274,8 @@ class Instances:
                 await session.execute(
                     select(VersionRow.id, VersionRow.function_id, VersionRow.deployment_key).where(
                         VersionRow.deployment_key.is_not(None),
-                        VersionRow.status.in_([VersionStatus.READY.value, VersionStatus.DEPLOYING.value]),
+                        # Not `deploying`: the instance a deployment boots for its snapshot is the deployer's.
+                        VersionRow.status == VersionStatus.READY.value,
                     )
                 )
             ).all()

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from morty.api import store
-from morty.api.deployer import deployment_key
+from morty.api.deployer import deployment_key, image_reference
 from morty.orchestrators.base import InstanceEndpoint, OrchestratorError, StartPath
 from tests.morty.api._fake_orchestrator import FakeOrchestrator
 from tests.morty.api.conftest import MortyFactory, create_function, ready_version
@@ -230,6 +230,13 @@ async def test_deleting_a_function_removes_its_instances_and_deployments(morty_f
         assert ("stop_instance", instance["id"]) in fake.calls
         assert {key for call, key in fake.calls if call == "unregister"} == keys
         assert (await api.get("/v1/functions/hello")).status_code == 404
+
+
+def test_deployed_images_are_pinned_to_their_digest() -> None:
+    digest = "sha256:" + "c" * 64
+    assert image_reference("127.0.0.1:5000/morty/fn-a:1.0.0", digest) == f"127.0.0.1:5000/morty/fn-a@{digest}"
+    assert image_reference("127.0.0.1:5000/morty/fn-a", digest) == f"127.0.0.1:5000/morty/fn-a@{digest}"
+    assert image_reference(f"reg/fn@{digest}", digest) == f"reg/fn@{digest}"
 
 
 def test_deployment_keys_are_dns_labels_unique_per_version() -> None:

@@ -32,6 +32,7 @@ from rik.drivers.container import _cgroups as cgroups
 from rik.drivers.container._rootfs import MountError, mount_overlay, unmount, write_network_files
 from rik.drivers.container._runtime import OCIRuntime, candidates, probe_runtime
 from rik.drivers.container._spec import Limits, container_config, process_args, process_env
+from rik.drivers.readiness import connects, first_tcp_port
 from rik.images import ImageStore
 from rik.model import PortBinding
 from rik.network import NetworkError, NodeNetwork
@@ -92,6 +93,7 @@ class ContainerDriver:
         runtime: str | None = None,
         pids_limit: int = 1024,
         settle_seconds: float = 0.2,
+        ready_timeout: float = 60.0,
         cgroup_parent: str | None = None,
     ) -> None:
         self._state_dir = state_dir
@@ -101,6 +103,7 @@ class ContainerDriver:
         self._preferred = runtime
         self._pids_limit = pids_limit
         self._settle_seconds = settle_seconds
+        self._ready_timeout = ready_timeout
         # Riklets sharing a machine must not share a cgroup parent: derive it from the state directory.
         self._cgroup_parent = cgroup_parent or (
             "rik-" + hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:8]
@@ -191,9 +194,8 @@ class ContainerDriver:
             if code != 0:
                 raise DriverError("StartFailed", f"{runtime.name} run failed: {await self._log_tail(paths)}")
             pid = int((await asyncio.to_thread(paths.pid_file.read_text)).strip())
-            if not await self._settles(pid):
-                raise DriverError("StartFailed", f"the process exited at once: {await self._log_tail(paths)}")
             bindings = await self._network.expose(request.id, attachment.ip, spec.ports)
+            await self._wait_serving(pid, attachment.ip, first_tcp_port(spec), paths)
         except NetworkError as exc:
             await self._cleanup_after_failure(request.id)
             raise DriverError(exc.reason, exc.message) from exc
@@ -306,15 +308,25 @@ class ContainerDriver:
             directory.mkdir(parents=True, exist_ok=True)
         (paths.directory / "instance.json").write_text(json.dumps({"id": instance_id}))
 
-    async def _settles(self, pid: int) -> bool:
-        """Watch the new process for `settle_seconds`: False if it exits in that time."""
-        deadline = time.monotonic() + self._settle_seconds
+    async def _wait_serving(self, pid: int, ip: str, port: int | None, paths: _InstancePaths) -> None:
+        """Until the first declared TCP port accepts connections (without one: until the process has lived
+        `settle_seconds`). `StartFailed` if the process exits first or nothing listens within `ready_timeout`."""
+        started = time.monotonic()
         while True:
             if not _pid_alive(pid):
-                return False
-            if time.monotonic() >= deadline:
-                return True
-            await asyncio.sleep(0.02)
+                raise DriverError("StartFailed", f"the process exited at once: {await self._log_tail(paths)}")
+            elapsed = time.monotonic() - started
+            if port is None and elapsed >= self._settle_seconds:
+                return
+            if port is not None and await connects(ip, port):
+                return
+            if elapsed > self._ready_timeout:
+                raise DriverError(
+                    "StartFailed",
+                    f"nothing accepted connections on port {port} within {self._ready_timeout:g}s: "
+                    f"{await self._log_tail(paths)}",
+                )
+            await asyncio.sleep(0.01)
 
     async def _is_running(self, runtime: OCIRuntime, container_id: str) -> bool:
         document = await runtime.state(container_id)
