@@ -69,7 +69,8 @@ def create_app(
     metrics = CollectorRegistry()
     metrics.register(WorkerMetrics(registry))
 
-    def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(_BEARER)) -> None:
+    async def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(_BEARER)) -> None:
+        # async: a plain def dependency would cost a thread-pool hop on every call.
         if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
             raise HTTPException(401, "missing or invalid token", headers={"WWW-Authenticate": "Bearer"})
 

@@ -17,8 +17,8 @@ from gateway.proxy.config import Config
 
 log = logging.getLogger(__name__)
 REPORT_INTERVAL_S = 1.0
-# Acks of applied changes are coalesced over this window so 100 changes/s cost a few reports, not 100.
-REPORT_DEBOUNCE_S = 0.02
+# Acks of applied changes are coalesced over this window so 100 changes/s cost ~10 reports, not 100.
+REPORT_DEBOUNCE_S = 0.1
 
 
 class ControlClient:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.errors import Conflict, InvalidReference, NotFound
@@ -136,19 +136,24 @@ class GatewayDatabase(SqlDatabase):
         return int(rv or 0), [_stored(row) for row in rows]
 
     async def changes_since(self, rv: int, limit: int = 1000) -> list[Change] | None:
-        """Changes after `rv` in order, or None when some were compacted away (the caller must resync)."""
+        """Changes after `rv` in order, or None when some were compacted away (the caller must resync).
+
+        Every resource version has its change row, so the feed has no gaps: a first row other than
+        `rv + 1`, or no row while the counter is past `rv`, means the rows after `rv` were compacted."""
         async with self.read() as session:
-            oldest = await session.scalar(select(func.min(ChangeRow.resource_version)))
-            if oldest is not None and oldest > rv + 1:
-                current = await session.scalar(select(CounterRow.value).where(CounterRow.name == RV_COUNTER))
-                if (current or 0) > rv:
-                    return None
             query = (
                 select(ChangeRow)
                 .where(ChangeRow.resource_version > rv)
                 .order_by(ChangeRow.resource_version)
                 .limit(limit)
             )
+            rows = list(await session.scalars(query))
+            if rows and rows[0].resource_version != rv + 1:
+                return None
+            if not rows:
+                current = await session.scalar(select(CounterRow.value).where(CounterRow.name == RV_COUNTER))
+                if (current or 0) > rv:
+                    return None
             return [
                 {
                     "type": row.op,
@@ -157,7 +162,7 @@ class GatewayDatabase(SqlDatabase):
                     "spec": row.spec,
                     "resource_version": row.resource_version,
                 }
-                for row in await session.scalars(query)
+                for row in rows
             ]
 
     async def resource_version(self) -> int:
