@@ -141,8 +141,9 @@ async def test_an_instance_needs_a_deployed_version_and_an_orchestrator(morty_fa
         assert "is failed, not deployed" in refused.json()["error"]
     async with morty_factory() as api:
         unavailable = await api.post("/v1/functions/hello/instances")
-        assert unavailable.status_code == 503
-        assert "no orchestrator" in unavailable.json()["error"]
+        assert unavailable.status_code == 409
+        assert "without an orchestrator" in unavailable.json()["error"]
+        assert (await api.post("/v1/functions/nope/instances")).status_code == 404
 
 
 async def test_idle_instances_stop_unless_active_and_min_instances_are_kept(morty_factory: MortyFactory) -> None:
