@@ -153,14 +153,34 @@ class NodeNetwork:
         The address is recorded before anything is created, so `release` finds whatever a crash in the
         middle left behind. On failure everything created so far is released.
         """
-        names = instance_names(self.bridge, instance_id)
         known = await asyncio.to_thread(self._state.get, instance_id)
         if known is not None and links.netns_path(known.netns).exists() and await links.link_exists(known.host_veth):
             return self._attachment(instance_id, known)
+        await self.create_namespace(instance_id)
+        return await self.connect_namespace(instance_id)
+
+    async def create_namespace(self, instance_id: str) -> Attachment:
+        """The first half of `attach`: record an address and create an empty namespace (no link yet), so a
+        process can be started in it while `connect_namespace` wires it to the bridge. A namespace left by
+        an earlier attempt is replaced. On failure everything created so far is released."""
+        names = instance_names(self.bridge, instance_id)
         record = await asyncio.to_thread(self._state.allocate_address, instance_id, names.netns, names.host_veth)
         try:
             await links.delete_netns(names.netns)  # start clean if an earlier attempt left one
             await links.ensure_netns(names.netns)
+        except BaseException:
+            await self.release(instance_id)
+            raise
+        return self._attachment(instance_id, record)
+
+    async def connect_namespace(self, instance_id: str) -> Attachment:
+        """The second half of `attach`: the veth pair to the bridge, the address and the default route in
+        the namespace `create_namespace` made. On failure everything created so far is released."""
+        record = await asyncio.to_thread(self._state.get, instance_id)
+        if record is None or not links.netns_path(record.netns).exists():
+            raise NetworkError("NotAttached", f"instance {instance_id} has no network namespace")
+        names = instance_names(self.bridge, instance_id)
+        try:
             await links.create_veth(names.host_veth, names.peer_veth, names.netns, self.bridge)
             await links.configure_namespace(
                 names.netns, names.peer_veth, record.ip, self.subnet.prefixlen, self.gateway

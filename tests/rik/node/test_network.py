@@ -138,3 +138,33 @@ async def test_attach_and_release_are_idempotent(tmp_path: Path, image_ref: str)
     finally:
         await network.teardown()
         await network.teardown()
+
+
+@pytest.mark.e2e
+async def test_a_namespace_is_usable_before_it_is_connected(tmp_path: Path, image_ref: str) -> None:
+    """`create_namespace` + `connect_namespace` (a VM restore starts QEMU between the two) end like `attach`."""
+    network = NodeNetwork(f"riktn{os.getpid() % 100000}", ipaddress.IPv4Network("10.236.0.0/24"), tmp_path, "127.0.0.1")
+    await network.setup()
+    try:
+        with pytest.raises(NetworkError) as caught:
+            await network.connect_namespace("split-1")
+        assert caught.value.reason == "NotAttached"
+        created = await network.create_namespace("split-1")
+        assert Path(created.netns_path).exists()
+        assert "eth0" not in await _ip_output("-n", created.netns_name, "-o", "link")
+        connected = await network.connect_namespace("split-1")
+        assert connected == created
+        assert await network.attach("split-1") == created  # already attached: unchanged
+        assert f"inet {created.ip}/24" in await _ip_output("-n", created.netns_name, "-o", "addr", "show", "eth0")
+        await network.release("split-1")
+        assert not Path(created.netns_path).exists()
+        assert await network.attachments() == []
+    finally:
+        await network.teardown()
+
+
+async def _ip_output(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec("ip", *args, stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, args
+    return out.decode()

@@ -6,13 +6,16 @@ Boots cost 3-5 CPU-seconds each under TCG, so each test boots at most once and c
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
 import pytest
 
 from rik.drivers.base import DriverError, Handle, InstanceRequest
+from rik.drivers.vm._link import GUEST_ADDRESS
 from rik.drivers.vm._process import cpu_ticks
+from rik.drivers.vm._qemu import MachineConfig, kernel_cmdline
 from rik.model import PortSpec, Resources, WorkloadSpec
 from tests.support.http import http_get
 from tests.support.images import parse_cgi_env
@@ -20,6 +23,13 @@ from tests.support.images import parse_cgi_env
 from .conftest import INDEX_HTML, VMNode, no_progress
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+async def _output(*argv: str) -> bytes:
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, argv
+    return out
 
 
 def _web(image: str, **kwargs: object) -> WorkloadSpec:
@@ -86,6 +96,14 @@ async def test_pause_snapshot_clones_and_recover(no_leftovers: None, vm_node: VM
     clones = await asyncio.gather(*(clone(i) for i in range(3)))
     addresses = {c.address for c in clones} | {source.address}
     assert len(addresses) == 4
+    # Each clone writes to its own overlay (copies of one empty overlay made once per snapshot).
+    overlays = [Path(c.state["directory"]) / "overlay.qcow2" for c in clones]
+    assert len({(o.stat().st_dev, o.stat().st_ino) for o in overlays}) == 3
+    assert all(o.stat().st_nlink == 1 for o in overlays)
+    assert len(list(snapshot.glob("clone-*.qcow2"))) == 1
+    for handle in clones:  # QEMU made the tap; the guest's neighbour entry is set, not learned
+        neighbours = (await _output("ip", "-n", handle.state["netns"], "neigh", "show", GUEST_ADDRESS)).decode()
+        assert "PERMANENT" in neighbours and "tap0" in neighbours, neighbours
     for handle in clones:
         assert await http_get(f"http://{handle.address}:8080/") == (200, INDEX_HTML)
         assert await http_get(f"http://127.0.0.1:{handle.ports[0].host_port}/") == (200, INDEX_HTML)
@@ -113,5 +131,33 @@ async def test_start_failures_are_clear(no_leftovers: None, vm_node: VMNode, cgi
     with pytest.raises(DriverError) as too_big:
         await vm_node.start("vm-huge", _web(cgi_image, resources=Resources(memory=4_194_304)))
     assert too_big.value.reason == "QemuFailed" and "memory" in too_big.value.message
+    assert await vm_node.network.attachments() == []
+    assert not any((vm_node.root / "driver" / "instances").iterdir())
+
+
+async def test_restore_of_a_corrupt_snapshot_fails_readably_and_leaves_nothing(
+    no_leftovers: None, vm_node: VMNode, cgi_image: str
+) -> None:
+    """QEMU loads the memory as it starts (`-incoming fd:N`) while the network is set up: when the stream
+    is garbage it exits, and the restore says so and removes the namespace, the files and the address."""
+    kernel = await vm_node.assets.ensure()
+    snapshot = vm_node.root / "snapshots" / "corrupt"
+    snapshot.mkdir(parents=True)
+    (snapshot / "base.ext4").write_bytes(bytes(1 << 20))
+    await _output(
+        "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.ext4", "-F", "raw", str(snapshot / "disk.qcow2")
+    )
+    (snapshot / "config.img").write_bytes(bytes(512))
+    (snapshot / "vmlinuz").symlink_to(kernel.kernel)
+    (snapshot / "initramfs").symlink_to(kernel.initramfs)
+    (snapshot / "state").write_bytes(b"not a migration stream" * 1000)
+    machine = MachineConfig(128, 1, "tcg", "vmlinuz", "initramfs", kernel_cmdline([]))
+    (snapshot / "snapshot.json").write_text(json.dumps({"version": 1, "machine": machine.to_json()}))
+
+    request = InstanceRequest(id="vm-corrupt", workload="w", spec=_web(cgi_image))
+    with pytest.raises(DriverError) as failed:
+        await vm_node.driver.restore(request, snapshot, no_progress)
+    assert failed.value.reason == "RestoreFailed", failed.value.message
+    assert "snapshot" in failed.value.message
     assert await vm_node.network.attachments() == []
     assert not any((vm_node.root / "driver" / "instances").iterdir())

@@ -343,12 +343,18 @@ class VMDriver:
 
     async def restore(self, request: InstanceRequest, snapshot: Path, progress: ProgressCallback) -> Handle:
         """Start a new instance from the snapshot in directory `snapshot`: its own namespace, address and
-        disk overlay; the guest keeps its memory (including 172.30.0.2 and its hostname) from the snapshot."""
+        disk overlay; the guest keeps its memory (including 172.30.0.2 and its hostname) from the snapshot.
+
+        QEMU starts as soon as the instance has its disks and an empty network namespace, loading the memory
+        straight from the snapshot file (`-incoming fd:N`: no helper process, no pipe); the namespace's link
+        to the bridge, the guest tap's addresses and NAT, and the host port forwards are set up while it
+        loads. Only the readiness check needs both."""
         await self._ensure_ready()
         spec = request.spec
         paths = self._paths(request.id)
         started = time.monotonic()
         snapshot_dir = snapshot
+        steps = _Steps(started)
         try:
             meta = await asyncio.to_thread(_read_snapshot_meta, snapshot_dir)
             machine = MachineConfig.from_json(meta["machine"])
@@ -357,29 +363,61 @@ class VMDriver:
                 str(snapshot_dir / machine.initramfs) if machine.initramfs else None, machine.cmdline,
             )  # fmt: skip
             await progress("Restoring", f"restoring snapshot {snapshot_dir.name}")
-            disk = snapshot_dir / "disk.qcow2"
             await asyncio.to_thread(self._prepare_directory, paths, request.id, snapshot_dir / "base.ext4")
 
             async def disks() -> None:
-                await self._qemu_img("create", "-f", "qcow2", "-b", str(disk), "-F", "qcow2", str(paths.overlay))
-                await asyncio.to_thread(shutil.copyfile, snapshot_dir / "config.img", paths.config_disk)
+                await self._clone_disks(snapshot_dir, paths)
+                steps.mark("disks")
 
-            # The disks and the network do not depend on each other; neither do the host port forwards
-            # and the VM: each pair is set up at once (a restore takes well under a second: this is a
-            # sizeable part of it).
-            _, attachment = await _both(disks(), self._attach(request.id, spec))
+            async def namespace() -> Attachment:
+                attachment = await self._network.create_namespace(request.id)
+                steps.mark("namespace")
+                return attachment
 
-            async def resume() -> int:
-                pid = await self._launch(paths, machine, attachment.netns_path, request.id, incoming=True)
-                async with qmp.session(paths.qmp_socket) as client:
-                    await client.execute(
-                        "migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(snapshot_dir / 'state'))}"}
-                    )
-                    await _wait_incoming(client, 120.0)
-                await self._wait_serving(paths, pid, attachment.ip, spec, started, marker=False)
-                return pid
+            _, attachment = await _both(disks(), namespace())
+            state = await asyncio.to_thread(os.open, snapshot_dir / "state", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                pid = await self._launch(
+                    paths, machine, attachment.netns_path, request.id, incoming=f"fd:{state}", pass_fds=(state,)
+                )
+            finally:
+                os.close(state)
+            steps.mark("launched")
 
-            pid, bindings = await _both(resume(), self._network.expose(request.id, attachment.ip, spec.ports))
+            async def resume() -> None:
+                try:
+                    async with qmp.session(paths.qmp_socket, connect_seconds=30.0) as client:
+                        await _wait_incoming(client, 120.0)
+                except (DriverError, QMPError) as exc:
+                    # QEMU exits when it cannot load the snapshot: what it said is in its log.
+                    if proc.is_ours(pid, str(paths.qmp_socket)) and not isinstance(exc, QMPError):
+                        raise
+                    await proc.wait_gone(pid, str(paths.qmp_socket), 2.0)
+                    tail = (await asyncio.to_thread(_read_tail, paths.qemu_log, _LOG_TAIL)).decode(errors="replace")
+                    raise DriverError(
+                        "RestoreFailed", f"QEMU could not load the snapshot: {tail.strip() or exc}"
+                    ) from exc
+                steps.mark("resumed")
+
+            async def link() -> None:
+                # QEMU made the tap when it started (-netdev tap,ifname=tap0): configure it, do not create it.
+                await self._network.connect_namespace(request.id)
+                await setup_guest_link(attachment.netns_name, attachment.netns_path, spec.ports, create_tap=False)
+                steps.mark("network")
+
+            async def serving() -> None:
+                # A restored guest was serving when it was saved: it answers the first try unless it is
+                # still warming up, so retry at short intervals.
+                await self._wait_serving(paths, pid, attachment.ip, spec, started, marker=False, interval=0.01)
+                steps.mark("serving")
+
+            async def expose() -> list[PortBinding]:
+                bindings = await self._network.expose(request.id, attachment.ip, spec.ports)
+                steps.mark("exposed")
+                return bindings
+
+            await _both(resume(), link())
+            _, bindings = await _both(serving(), expose())
             await asyncio.to_thread(self._write_machine, paths, machine)
         except NetworkError as exc:
             await self._cleanup_after_failure(request.id)
@@ -394,12 +432,31 @@ class VMDriver:
             "vm restored",
             extra={
                 "instance": request.id, "ip": attachment.ip, "snapshot": str(snapshot_dir),
-                "seconds": round(time.monotonic() - started, 3),
+                "seconds": round(time.monotonic() - started, 3), "steps_ms": steps.done(),
             },
         )  # fmt: skip
         return self._handle(
             request.id, paths, attachment.ip, attachment.netns_name, pid, bindings, str(meta.get("digest", ""))
         )
+
+    async def _clone_disks(self, snapshot_dir: Path, paths: _Paths) -> None:
+        """The clone's overlay over the snapshot's disk, and its config disk. Every clone of a snapshot gets
+        the same empty overlay: it is made once (per snapshot location) and copied, not made per restore."""
+        disk = (snapshot_dir / "disk.qcow2").resolve()
+        template = snapshot_dir / f"clone-{hashlib.sha256(str(disk).encode()).hexdigest()[:12]}.qcow2"
+        if not template.is_file():
+            partial = template.with_name(f"{template.name}.{os.getpid()}.{id(paths)}.tmp")
+            try:
+                await self._qemu_img("create", "-f", "qcow2", "-b", str(disk), "-F", "qcow2", str(partial))
+                await asyncio.to_thread(os.replace, partial, template)
+            finally:
+                await asyncio.to_thread(partial.unlink, missing_ok=True)
+
+        def copy() -> None:
+            shutil.copyfile(template, paths.overlay)
+            shutil.copyfile(snapshot_dir / "config.img", paths.config_disk)
+
+        await asyncio.to_thread(copy)
 
     # Internals --------------------------------------------------------------------------------------------
 
@@ -499,35 +556,43 @@ class VMDriver:
         }
         (directory / "snapshot.json").write_text(json.dumps(meta))
 
-    async def _attach(self, instance_id: str, spec: WorkloadSpec) -> Attachment:
-        """The instance's network namespace on the node's bridge, with the guest's tap and NAT inside."""
-        attachment = await self._network.attach(instance_id)
-        await setup_guest_link(attachment.netns_name, attachment.netns_path, spec.ports)
-        return attachment
-
     async def _qemu_img(self, *args: str) -> None:
         result = await run("qemu-img", *args)
         if not result.ok:
             raise DriverError("DiskBuildFailed", result.describe())
 
     async def _launch(self, paths: _Paths, machine: MachineConfig, netns_path: str, instance_id: str, *,
-                      incoming: bool = False) -> int:  # fmt: skip
+                      incoming: str | None = None, pass_fds: tuple[int, ...] = ()) -> int:  # fmt: skip
         argv = qemu_argv(machine, paths.files(), name=f"rik-{paths.key}", incoming=incoming)
-        code = await launch(argv, netns_path, paths.qemu_log)
+        code = await launch(argv, netns_path, paths.qemu_log, pass_fds)
         if code != 0:
             tail = (await asyncio.to_thread(_read_tail, paths.qemu_log, _LOG_TAIL)).decode(errors="replace").strip()
             raise DriverError("QemuFailed", f"QEMU exited with status {code}: {tail or '(no output)'}")
         pid = proc.read_pid(paths.pid_file)
         if pid is None:
-            raise DriverError("QemuFailed", "QEMU wrote no pid file")
+            # QEMU removes its pid file as it exits: a restore whose snapshot does not load ends that fast.
+            tail = (await asyncio.to_thread(_read_tail, paths.qemu_log, _LOG_TAIL)).decode(errors="replace").strip()
+            if incoming:
+                what = "QEMU exited while loading the snapshot (a damaged snapshot, or one from another QEMU?)"
+                raise DriverError("RestoreFailed", f"{what}: {tail}" if tail else what)
+            raise DriverError("QemuFailed", f"QEMU exited at once: {tail or 'it wrote no pid file'}")
         logger.debug("qemu launched", extra={"instance": instance_id, "pid": pid, "argv": argv})
         return pid
 
     async def _wait_serving(
-        self, paths: _Paths, pid: int, ip: str, spec: WorkloadSpec, started: float, *, marker: bool = True
+        self,
+        paths: _Paths,
+        pid: int,
+        ip: str,
+        spec: WorkloadSpec,
+        started: float,
+        *,
+        marker: bool = True,
+        interval: float = 0.05,
     ) -> None:
         """Until a TCP connect to the first declared TCP port succeeds (or, without one, the guest init
-        reaches the entrypoint); `BootTimeout` after the deadline, `BootFailed` if the VM powers off."""
+        reaches the entrypoint), trying every `interval` seconds; `BootTimeout` after the deadline,
+        `BootFailed` if the VM powers off."""
         port = next((p.port for p in spec.ports if p.protocol == "tcp"), None)
         deadline = started + self._boot_timeout
         while True:
@@ -547,7 +612,7 @@ class VMDriver:
                     "BootTimeout",
                     f"not serving after {self._boot_timeout:.0f} s: {await self._console_tail(paths)}",
                 )
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(interval)
 
     async def _console_tail(self, paths: _Paths) -> str:
         text = (await asyncio.to_thread(_read_tail, paths.console_log, _LOG_TAIL)).decode(errors="replace").strip()
@@ -578,6 +643,21 @@ class VMDriver:
         with contextlib.suppress(OSError):  # the driver's run directory, once its last VM is gone
             await asyncio.to_thread(self._run_dir.rmdir)
         logger.info("vm destroyed", extra={"instance": instance_id})
+
+
+class _Steps:
+    """Milliseconds from the start of an operation to the end of each of its steps (for the logs)."""
+
+    def __init__(self, started: float) -> None:
+        self._started = started
+        self._marks: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        self._marks[name] = round((time.monotonic() - self._started) * 1000, 1)
+
+    def done(self) -> dict[str, float]:
+        self.mark("done")
+        return dict(self._marks)
 
 
 async def _both(first: Coroutine[Any, Any, A], second: Coroutine[Any, Any, B]) -> tuple[A, B]:

@@ -43,22 +43,26 @@ def nat_rules(ports: Sequence[PortSpec]) -> str:
     return "\n".join(lines)
 
 
-async def setup_guest_link(netns: str, netns_path: str, ports: Sequence[PortSpec]) -> None:
-    """Create the tap (idempotent), route between it and the uplink, DNAT `ports` to the guest."""
+async def setup_guest_link(netns: str, netns_path: str, ports: Sequence[PortSpec], *, create_tap: bool = True) -> None:
+    """Configure the tap (creating it first unless `create_tap` is False: QEMU, started in the namespace
+    already, made it), route between it and the uplink, DNAT `ports` to the guest.
+
+    The guest's neighbour entry is permanent (its MAC is fixed): the first packet to a guest that was just
+    restored from a snapshot, whose CPU runs cold under TCG, need not wait for it to answer ARP first."""
     batch = "\n".join(
         [
-            f"tuntap add dev {TAP} mode tap",
             f"link set {TAP} address {TAP_MAC}",
             f"addr replace {HOST_ADDRESS}/{PREFIXLEN} dev {TAP}",
             f"link set {TAP} up",
+            f"neigh replace {GUEST_ADDRESS} lladdr {GUEST_MAC} dev {TAP} nud permanent",
             "",
         ]
     )
-    result = await run("ip", "-n", netns, "link", "show", TAP)
+    if create_tap and not (await run("ip", "-n", netns, "link", "show", TAP)).ok:
+        batch = f"tuntap add dev {TAP} mode tap\n{batch}"
+    result = await run("ip", "-n", netns, "-batch", "-", stdin=batch)
     if not result.ok:
-        result = await run("ip", "-n", netns, "-batch", "-", stdin=batch)
-        if not result.ok:
-            raise NetworkError("TapFailed", f"cannot create the guest tap in {netns}: {result.last_line()}")
+        raise NetworkError("TapFailed", f"cannot set up the guest tap in {netns}: {result.last_line()}")
     script = "echo 1 > /proc/sys/net/ipv4/ip_forward && exec iptables-restore -w"
     result = await run("nsenter", f"--net={netns_path}", "sh", "-c", script, stdin=nat_rules(ports))
     if not result.ok:

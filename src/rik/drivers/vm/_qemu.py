@@ -92,7 +92,8 @@ class InstanceFiles:
     extra: list[str] = field(default_factory=list)
 
 
-def qemu_argv(machine: MachineConfig, files: InstanceFiles, *, name: str, incoming: bool = False) -> list[str]:
+def qemu_argv(machine: MachineConfig, files: InstanceFiles, *, name: str, incoming: str | None = None) -> list[str]:
+    """`incoming`: a migration URI to load at start (`fd:N` for a snapshot file QEMU inherits), or "defer"."""
     accel = ["-accel", "kvm", "-cpu", "host"] if machine.accel == "kvm" else ["-accel", "tcg,tb-size=32"]
     argv = [
         QEMU, "-name", name, "-M", "microvm", *accel,
@@ -115,7 +116,7 @@ def qemu_argv(machine: MachineConfig, files: InstanceFiles, *, name: str, incomi
         "-daemonize", "-pidfile", str(files.pid_file),
     ]  # fmt: skip
     if incoming:
-        argv += ["-incoming", "defer"]
+        argv += ["-incoming", incoming]
     return [*argv, *files.extra]
 
 
@@ -123,11 +124,13 @@ def qemu_available() -> bool:
     return shutil.which(QEMU) is not None and shutil.which("qemu-img") is not None
 
 
-async def launch(argv: list[str], netns_path: str | None, log: Path) -> int:
-    """Run QEMU (daemonizing) in the namespace; stdout/stderr go to `log`. Returns QEMU's exit status."""
+async def launch(argv: list[str], netns_path: str | None, log: Path, pass_fds: tuple[int, ...] = ()) -> int:
+    """Run QEMU (daemonizing) in the namespace; stdout/stderr go to `log`; `pass_fds` are inherited (a
+    snapshot file for `-incoming fd:N`). Returns QEMU's exit status."""
     prefix = ["nsenter", f"--net={netns_path}"] if netns_path else []
     with log.open("ab") as output:
         proc = await asyncio.create_subprocess_exec(
-            *prefix, *argv, stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output, start_new_session=True
-        )
+            *prefix, *argv, stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output, start_new_session=True,
+            pass_fds=pass_fds,
+        )  # fmt: skip
         return await proc.wait()
