@@ -51,7 +51,7 @@ class JwtAuth(_Spec):
 
     type: Literal["jwt"]
     algorithms: list[Literal["HS256", "RS256"]] = Field(["HS256"], min_length=1)
-    secret: str | None = Field(None, min_length=16, max_length=4096)
+    secret: str | None = Field(None, min_length=32, max_length=4096)
     jwks_url: str | None = Field(None, pattern=HTTP_URL, max_length=2048)
     audience: str | None = Field(None, max_length=512)
     issuer: str | None = Field(None, max_length=512)

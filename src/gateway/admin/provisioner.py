@@ -36,13 +36,8 @@ class Provisioner:
             recent = self._recent.get(route)
             if recent is not None and recent[0] > monotonic():
                 return True, "already provisioning"
-            try:
-                spec = RouteSpec.model_validate((await self.db.get("route", route))["spec"])
-            except NotFound:
-                return False, f"route {route!r} does not exist"
-            if spec.provisioner is None:
-                return False, f"route {route!r} has no provisioner"
-            task = asyncio.get_running_loop().create_task(self._call(route, spec))
+            # Registered before any await, so concurrent callers find it and share it.
+            task = asyncio.get_running_loop().create_task(self._call(route))
             self._running[route] = task
             task.add_done_callback(lambda _: self._running.pop(route, None))
         return await asyncio.shield(task)
@@ -52,9 +47,14 @@ class Provisioner:
             if route_service == service:
                 del self._recent[route]
 
-    async def _call(self, route: str, spec: RouteSpec) -> tuple[bool, str]:
+    async def _call(self, route: str) -> tuple[bool, str]:
+        try:
+            spec = RouteSpec.model_validate((await self.db.get("route", route))["spec"])
+        except NotFound:
+            return False, f"route {route!r} does not exist"
         hook = spec.provisioner
-        assert hook is not None
+        if hook is None:
+            return False, f"route {route!r} has no provisioner"
         self.calls[route] = self.calls.get(route, 0) + 1
         headers = {"authorization": f"Bearer {hook.token}"} if hook.token else {}
         body = {"route": route, "service": spec.service, "labels": spec.labels}
