@@ -43,6 +43,7 @@ from gateway.store.database import GatewayDatabase
 NamePath = Annotated[str, Path(pattern=NAME_PATTERN)]
 AddressPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9.:\[\]-]{1,253}:[0-9]{1,5}$")]
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "malformed request body"},
     401: {"description": "missing or invalid token"},
     404: {"description": "not found"},
     409: {"description": "conflict"},
@@ -110,7 +111,12 @@ def create_app(
 
     # Services
 
-    @api.put("/services/{name}", response_model=ServiceRecord, tags=["services"])
+    @api.put(
+        "/services/{name}",
+        response_model=ServiceRecord,
+        responses={201: {"model": ServiceRecord, "description": "created"}},
+        tags=["services"],
+    )
     async def put_service(name: NamePath, spec: ServiceSpec, response: Response) -> ServiceRecord:
         stored, created = await db.put("service", name, spec.model_dump(mode="json"))
         response.status_code = 201 if created else 200
@@ -131,7 +137,13 @@ def create_app(
 
     # Targets
 
-    @api.post("/services/{name}/targets", response_model=TargetRecord, status_code=201, tags=["targets"])
+    @api.post(
+        "/services/{name}/targets",
+        response_model=TargetRecord,
+        status_code=201,
+        responses={200: {"model": TargetRecord, "description": "already registered: updated"}},
+        tags=["targets"],
+    )
     async def add_target(name: NamePath, spec: TargetSpec, response: Response) -> TargetRecord:
         stored, created = await db.put("target", f"{name}/{spec.address}", spec.model_dump(mode="json"))
         provisioner.target_added(name)
@@ -152,7 +164,12 @@ def create_app(
 
     # Routes
 
-    @api.put("/routes/{name}", response_model=RouteRecord, tags=["routes"])
+    @api.put(
+        "/routes/{name}",
+        response_model=RouteRecord,
+        responses={201: {"model": RouteRecord, "description": "created"}},
+        tags=["routes"],
+    )
     async def put_route(name: NamePath, spec: RouteSpec, response: Response) -> RouteRecord:
         stored, created = await db.put("route", name, spec.model_dump(mode="json"))
         response.status_code = 201 if created else 200
