@@ -375,16 +375,8 @@ class VMDriver:
                 return attachment
 
             _, attachment = await _both(disks(), namespace())
-            state = await asyncio.to_thread(os.open, snapshot_dir / "state", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                pid = await self._launch(
-                    paths, machine, attachment.netns_path, request.id, incoming=f"fd:{state}", pass_fds=(state,)
-                )
-            finally:
-                os.close(state)
-            steps.mark("launched")
 
-            async def resume() -> None:
+            async def resume(pid: int) -> None:
                 try:
                     async with qmp.session(paths.qmp_socket, connect_seconds=30.0) as client:
                         await _wait_incoming(client, 120.0)
@@ -405,19 +397,29 @@ class VMDriver:
                 await setup_guest_link(attachment.netns_name, attachment.netns_path, spec.ports, create_tap=False)
                 steps.mark("network")
 
-            async def serving() -> None:
+            async def vm() -> int:
+                state = await asyncio.to_thread(os.open, snapshot_dir / "state", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    pid = await self._launch(
+                        paths, machine, attachment.netns_path, request.id, incoming=f"fd:{state}", pass_fds=(state,)
+                    )
+                finally:
+                    os.close(state)
+                steps.mark("launched")
+                await _both(resume(pid), link())
                 # A restored guest was serving when it was saved: it answers the first try unless it is
                 # still warming up, so retry at short intervals.
                 await self._wait_serving(paths, pid, attachment.ip, spec, started, marker=False, interval=0.01)
                 steps.mark("serving")
+                return pid
 
             async def expose() -> list[PortBinding]:
+                # Host port forwards need only the instance's address: set up from the start, off the path.
                 bindings = await self._network.expose(request.id, attachment.ip, spec.ports)
                 steps.mark("exposed")
                 return bindings
 
-            await _both(resume(), link())
-            _, bindings = await _both(serving(), expose())
+            pid, bindings = await _both(vm(), expose())
             await asyncio.to_thread(self._write_machine, paths, machine)
         except NetworkError as exc:
             await self._cleanup_after_failure(request.id)
