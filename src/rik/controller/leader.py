@@ -77,6 +77,7 @@ class LeaderLoop:
         self.settings = settings
         self.is_leader = False
         self._leading_since = 0.0
+        self._renewed_at = float("-inf")
         self._wake = asyncio.Event()
 
     def poke(self) -> None:
@@ -85,9 +86,10 @@ class LeaderLoop:
 
     async def run(self) -> None:
         last_compaction = 0.0
+        poked = False
         while True:
             try:
-                await self._step()
+                await self._step(poked)
                 if self.is_leader and time.monotonic() - last_compaction > 60:
                     async with self.db.transaction() as session:
                         await store.compact_events(session, self.settings.events_kept)
@@ -98,13 +100,23 @@ class LeaderLoop:
                 log.exception("leader loop step failed; retrying")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.tick)
+            poked = self._wake.is_set()
             self._wake.clear()
 
-    async def _step(self) -> None:
+    async def _step(self, poked: bool = False) -> None:
+        """Renew the lease, mark lost nodes, schedule. When `poked` (new work) less than a tick after the
+        lease was renewed, only schedule: the lease holds for `lease_ttl` from then, and the next tick
+        renews it; new instances get their node one write transaction sooner."""
+        if poked and self.is_leader and time.monotonic() - self._renewed_at < self.settings.tick:
+            await self.schedule()
+            return
+        renewing = time.monotonic()
         async with self.db.transaction() as session:
             leader = await store.acquire_lease(
                 session, LEASE, self.settings.identity, self.settings.lease_ttl, time.time()
             )
+        if leader:
+            self._renewed_at = renewing
         if leader != self.is_leader:
             log.info("leadership changed", extra={"leader": leader, "identity": self.settings.identity})
             self._leading_since = time.monotonic()

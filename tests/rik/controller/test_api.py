@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from datetime import timedelta
+from ipaddress import IPv4Network
 from typing import Any
 
 import httpx
@@ -13,7 +14,10 @@ from sqlalchemy import update
 from rik.controller import store
 from rik.controller.app import ControllerSettings, create_app
 from rik.controller.database import Database
+from rik.controller.leader import LEASE as LEADER_LEASE
+from rik.controller.leader import LeaderLoop, LeaderSettings
 from rik.controller.tables import NodeRow
+from rik.model import NodeRegistration, WorkloadManifest
 from tests.rik.controller.conftest import ControllerFactory, manifest, node
 
 
@@ -305,3 +309,33 @@ async def test_deleting_an_instance_with_scale_down_removes_exactly_it(api: http
     assert (await api.get("/api/v1/workloads/web")).json()["spec"]["replicas"] == 2
     remaining = [i for i in await instances(api) if i["desired_state"] == "Running"]
     assert len(remaining) == 2 and chosen["id"] not in {i["id"] for i in remaining}
+
+
+async def test_a_poke_right_after_a_renewal_schedules_without_writing_the_lease(database_url: str) -> None:
+    """New work wakes the leader: it is placed at once; the lease is renewed by the ticks, not per poke."""
+    db = Database(database_url)
+    await db.migrate()
+    leader = LeaderLoop(db, LeaderSettings(identity="solo", tick=30.0))
+    try:
+        async with db.transaction() as session:
+            await store.register_node(
+                session, NodeRegistration.model_validate(node("n1")), pool=IPv4Network("10.240.0.0/16"), prefix=24
+            )
+        await leader._step()
+        assert leader.is_leader
+        async with db.read() as session:
+            renewed = await store.lease_holder(session, LEADER_LEASE)
+        async with db.transaction() as session:
+            await store.apply_workload(session, WorkloadManifest.model_validate(manifest()))
+
+        await leader._step(poked=True)
+        async with db.read() as session:
+            assert [i.node for i in await store.list_instances(session)] == ["n1"]
+            assert await store.lease_holder(session, LEADER_LEASE) == renewed
+
+        await leader._step()  # a tick (not a poke) renews
+        async with db.read() as session:
+            holder = await store.lease_holder(session, LEADER_LEASE)
+        assert renewed is not None and holder is not None and holder[1] > renewed[1]
+    finally:
+        await db.close()
