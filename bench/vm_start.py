@@ -125,7 +125,7 @@ class Rik:
     async def start(self, name: str, replicas: int = 1, snapshot: str | None = None) -> list[tuple[str, float]]:
         """Create the workload; (instance id, seconds from the API call to its first 200) per replica."""
         since = (await self.client.list_instances()).resource_version
-        started = time.perf_counter()
+        started, wall = time.perf_counter(), time.time()
         await self.client.create_workload(self.manifest(name, replicas, snapshot))
         deadline = started + 180
         probes: dict[str, asyncio.Task[float]] = {}
@@ -145,6 +145,13 @@ class Rik:
             if time.perf_counter() > deadline:
                 raise TimeoutError(f"workload {name} not running")
         served = await asyncio.gather(*probes.values())
+        if self.trace:
+            clock = time.strftime("%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1e6):06d}"
+            for instance_id, t in zip(probes, served, strict=True):
+                print(
+                    f"  {(t - started) * 1000:7.1f} ms  {instance_id} serving (API call at {clock} UTC)",
+                    file=sys.stderr,
+                )
         return [(instance_id, t - started) for instance_id, t in zip(probes, served, strict=True)]
 
     def pid(self, instance_id: str) -> int:
