@@ -20,6 +20,7 @@ from morty.api import keys, store
 from morty.api.builds import BuildQueue, NoBuilderQueue
 from morty.api.database import Database
 from morty.api.deployer import Deployer, DeploySettings
+from morty.api.instance_logs import InstanceLogs
 from morty.api.instances import Instances, ScalingSettings
 from morty.api.routes import (
     aliases,
@@ -32,9 +33,8 @@ from morty.api.routes import (
     uploads,
     versions,
 )
-from morty.api.routes import (
-    instances as instance_routes,
-)
+from morty.api.routes import instances as instance_routes
+from morty.api.routes import logs as log_routes
 from morty.api.routes.deps import MortyState
 from morty.api.settings import Settings
 from morty.builder.queue import Builder, BuilderSettings
@@ -104,6 +104,7 @@ def create_app(
     code_store = code_store or make_code_store(settings, master)
     deployer: Deployer | None = None
     instances: Instances | None = None
+    instance_logs: InstanceLogs | None = None
     if orchestrator is not None:
         deployer = Deployer(
             db, box, orchestrator, DeploySettings(timeout=settings.deploy_timeout, snapshots=settings.snapshots)
@@ -111,6 +112,13 @@ def create_app(
         instances = Instances(
             db, orchestrator, ScalingSettings(provision_timeout=settings.provision_timeout, tick=settings.scaling_tick)
         )
+        instance_logs = InstanceLogs(db, box)
+        collect = instance_logs.collect
+
+        async def collect_before_stop(_function: str, instance_id: str) -> None:
+            await collect(instance_id)
+
+        instances.before_stop.append(collect_before_stop)
     builder: Builder | None = None
     if build_queue is None and settings.registry:
         builder = Builder(
@@ -137,6 +145,7 @@ def create_app(
         orchestrator=orchestrator,
         deployer=deployer,
         instances=instances,
+        logs=instance_logs,
     )
 
     @contextlib.asynccontextmanager
@@ -166,6 +175,8 @@ def create_app(
                 await instances.close()
             if deployer is not None:
                 await deployer.close()
+            if instance_logs is not None:
+                await instance_logs.close()
             if builder is not None:
                 await builder.close()
             await db.close()
@@ -182,7 +193,18 @@ def create_app(
     )
     app.state.morty = morty
     errors.install(app)
-    for module in (functions, secrets, versions, uploads, aliases, builds, instance_routes, invocations, runtimes):
+    for module in (
+        functions,
+        secrets,
+        versions,
+        uploads,
+        aliases,
+        builds,
+        instance_routes,
+        log_routes,
+        invocations,
+        runtimes,
+    ):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["meta"])

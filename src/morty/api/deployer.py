@@ -30,6 +30,8 @@ from morty.orchestrators.base import Isolation as OrchestratorIsolation
 log = logging.getLogger(__name__)
 RUNTIME_PORT = 8080
 """Where alpha's runtime serves invocations inside every function image."""
+ALPHA_PORT = 8081
+"""alpha's control API (readiness, captured logs) inside every function image."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,7 @@ class Deployer:
                 image=image_reference(version.image, version.digest),
                 isolation=isolation,
                 port=RUNTIME_PORT,
+                control_port=ALPHA_PORT,
                 memory_mib=function.memory_mib,
                 vcpus=function.vcpus,
                 cpu_millis=cpu_millis(function.vcpus),

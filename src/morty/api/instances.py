@@ -126,6 +126,8 @@ class Instances:
             host=endpoint.host,
             port=endpoint.port,
             start_path=endpoint.path.value,
+            control_host=endpoint.control[0] if endpoint.control else None,
+            control_port=endpoint.control[1] if endpoint.control else None,
             provision_ms=round(elapsed * 1000, 3),
             started_at=stamp,
             last_active_at=stamp,
@@ -292,8 +294,10 @@ class Instances:
                 adopted.append(
                     InstanceRow(
                         id=endpoint.instance_id, function_id=function_id, version_id=version_id, host=endpoint.host,
-                        port=endpoint.port, start_path=StartPath.ADOPTED.value, provision_ms=0.0, started_at=stamp,
-                        last_active_at=stamp,
+                        port=endpoint.port, start_path=StartPath.ADOPTED.value,
+                        control_host=endpoint.control[0] if endpoint.control else None,
+                        control_port=endpoint.control[1] if endpoint.control else None, provision_ms=0.0,
+                        started_at=stamp, last_active_at=stamp,
                     )
                 )  # fmt: skip
         gone = [instance_id for instance_id in recorded if instance_id not in running]

@@ -378,6 +378,18 @@ class InstanceList(BaseModel):
     items: list[Instance]
 
 
+class LogLine(BaseModel):
+    ts: datetime
+    instance: str
+    invocation: str | None = Field(description="the invocation that printed it, if the runtime could tell")
+    stream: str = Field(description="stdout, stderr, or alpha (the instance agent's own events)")
+    line: str
+
+
+class LogList(BaseModel):
+    items: list[LogLine] = Field(description="oldest first")
+
+
 # Invocation records ----------------------------------------------------------------------------------------
 
 

@@ -44,7 +44,16 @@ from morty.api.models import (
     is_name,
     parse_version,
 )
-from morty.api.tables import AliasRow, BuildRow, FunctionRow, InstanceRow, InvocationRow, SecretRow, VersionRow
+from morty.api.tables import (
+    AliasRow,
+    BuildRow,
+    FunctionRow,
+    InstanceRow,
+    InvocationRow,
+    LogRow,
+    SecretRow,
+    VersionRow,
+)
 from servicekit.database import as_utc
 
 INTERRUPTED = "interrupted by a restart of Morty APIs; queued again"
@@ -188,6 +197,7 @@ async def delete_function(session: AsyncSession, name: str) -> tuple[FunctionDel
     keys = list((await session.scalars(select(VersionRow.code_key).where(VersionRow.function_id == row.id))).all())
     counts: dict[str, int] = {}
     await session.execute(delete(InstanceRow).where(InstanceRow.function_id == row.id))
+    await session.execute(delete(LogRow).where(LogRow.function_id == row.id))
     for label, table in (
         ("aliases", AliasRow),
         ("builds", BuildRow),

@@ -144,7 +144,26 @@ class InstanceRow(Base):
     version_id: Mapped[str] = mapped_column(ID, ForeignKey("versions.id", ondelete="CASCADE"), index=True)
     host: Mapped[str] = mapped_column(String(255))
     port: Mapped[int] = mapped_column(Integer)
+    control_host: Mapped[str | None] = mapped_column(String(255))
+    control_port: Mapped[int | None] = mapped_column(Integer)
+    logs_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    """The last log record collected from the instance's alpha."""
     start_path: Mapped[str] = mapped_column(String(16))
     provision_ms: Mapped[float] = mapped_column(Float)
     started_at: Mapped[datetime]
     last_active_at: Mapped[datetime]
+
+
+class LogRow(Base):
+    """A line an instance's runtime printed (collected from alpha), attributed to an invocation if it could be."""
+
+    __tablename__ = "invocation_logs"
+    __table_args__ = (Index("ix_invocation_logs_function_ts", "function_id", "ts", "seq"),)
+
+    seq: Mapped[int] = mapped_column(BIGINT, primary_key=True, autoincrement=True)
+    function_id: Mapped[str] = mapped_column(ID, _function_fk())
+    instance: Mapped[str] = mapped_column(String(128))
+    invocation: Mapped[str | None] = mapped_column(String(128), index=True)
+    ts: Mapped[datetime]
+    stream: Mapped[str] = mapped_column(String(16))
+    line: Mapped[str] = mapped_column(Text)

@@ -35,6 +35,8 @@ class DeploymentSpec:
     image: str
     isolation: Isolation = Isolation.VM
     port: int = 8080
+    control_port: int | None = None
+    """A second port the instance serves (alpha's control API: readiness, logs), published like `port`."""
     memory_mib: int = 128
     vcpus: int = 1
     cpu_millis: int = 250
@@ -50,6 +52,8 @@ class InstanceEndpoint:
     host: str
     port: int
     path: StartPath
+    control: tuple[str, int] | None = None
+    """Where the spec's `control_port` is reached, if it declared one."""
 
 
 class OrchestratorError(Exception):

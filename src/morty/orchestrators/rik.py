@@ -20,7 +20,7 @@ from morty.orchestrators.base import (
     StartPath,
 )
 from rik.client import ApiError, ClientError, RikClient, Unreachable
-from rik.model import EventType, Instance, Phase, Resource, SnapshotPhase
+from rik.model import DesiredState, EventType, Instance, Phase, PortBinding, Resource, SnapshotPhase
 
 
 class RikOrchestrator:
@@ -81,7 +81,11 @@ class RikOrchestrator:
     async def instances(self, key: str) -> list[InstanceEndpoint]:
         async with _translated():
             listing = await self.client.list_instances(workload=key)
-        return [_endpoint(i, StartPath.BOOTED) for i in listing.items if i.phase == Phase.RUNNING and i.address]
+        return [
+            _endpoint(i, StartPath.BOOTED)
+            for i in listing.items
+            if i.phase == Phase.RUNNING and i.address and i.desired_state != DesiredState.DELETED
+        ]
 
     async def pause(self, key: str, instance_id: str) -> None:
         async with _translated():
@@ -159,7 +163,7 @@ def _manifest(spec: DeploymentSpec, replicas: int, snapshot: str | None) -> dict
     body: dict[str, Any] = {
         "image": spec.image,
         "env": spec.env,
-        "ports": [{"port": spec.port}],
+        "ports": [{"port": spec.port}, *([{"port": spec.control_port}] if spec.control_port else [])],
         "resources": {"cpu": spec.cpu_millis, "memory": spec.memory_mib},
         "replicas": replicas,
     }
@@ -174,14 +178,23 @@ def _manifest(spec: DeploymentSpec, replicas: int, snapshot: str | None) -> dict
 
 
 def _endpoint(instance: Instance, path: StartPath) -> InstanceEndpoint:
-    """Prefer the node's published port: it is reachable from other hosts, the instance address only
-    from its node."""
-    binding = instance.ports[0] if instance.ports else None
-    if binding is not None and binding.host_port and instance.host_address:
-        return InstanceEndpoint(instance.id, instance.host_address, binding.host_port, path)
-    if binding is None or instance.address is None:
+    """The first declared port serves; a second one is the control port. Each is reached at the node's
+    published port when there is one (reachable from other hosts), else at the instance's own address
+    (reachable only from its node)."""
+    reachable = [_reachable(instance, binding) for binding in instance.ports]
+    if not reachable or reachable[0] is None:
         raise OrchestratorError("NoAddress", f"instance {instance.id} reports no address")
-    return InstanceEndpoint(instance.id, instance.address, binding.port, path)
+    host, port = reachable[0]
+    control = reachable[1] if len(reachable) > 1 else None
+    return InstanceEndpoint(instance.id, host, port, path, control)
+
+
+def _reachable(instance: Instance, binding: PortBinding) -> tuple[str, int] | None:
+    if binding.host_port and instance.host_address:
+        return instance.host_address, binding.host_port
+    if instance.address is None:
+        return None
+    return instance.address, binding.port
 
 
 class _translated:

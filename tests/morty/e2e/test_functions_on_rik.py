@@ -30,8 +30,8 @@ import six
 
 
 def handler(request):
-    print("invoked with", request.query.get("name"))
     key = os.environ.get("API_KEY", "")
+    print("invoked with", request.query.get("name"), "and key", key)
     return {
         "version": "%s",
         "six": six.__version__,
@@ -66,9 +66,10 @@ async def _instance(p: Platform, name: str, version: str = "latest") -> dict[str
     return body
 
 
-async def _invoke(instance: dict[str, Any], name: str = "e2e") -> dict[str, Any]:
+async def _invoke(instance: dict[str, Any], name: str = "e2e", invocation: str | None = None) -> dict[str, Any]:
+    headers = {"X-Morty-Invocation-Id": invocation} if invocation else {}
     async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
-        response = await client.get(f"{instance['url']}/", params={"name": name})
+        response = await client.get(f"{instance['url']}/", params={"name": name}, headers=headers)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
@@ -123,7 +124,7 @@ async def test_a_python_function_runs_as_a_vm_restored_from_its_snapshot(platfor
     # An instance restores the snapshot and answers with the handler's result; the secret is in its env.
     first = await _instance(p, "hello")
     assert first["start_path"] == "restored", first
-    answer = await _invoke(first)
+    answer = await _invoke(first, invocation="inv-e2e-0001")
     assert answer == {
         "version": "1.0.0", "six": "1.16.0", "key_sha256": hashlib.sha256(SECRET.encode()).hexdigest(),
         "greeting": "hi", "name": "e2e",
@@ -131,6 +132,10 @@ async def test_a_python_function_runs_as_a_vm_restored_from_its_snapshot(platfor
     for path in ("/v1/functions/hello", "/v1/functions/hello/secrets", "/v1/functions/hello/versions/1.0.0",
                  f"/v1/functions/hello/builds/{build_id}", "/v1/functions/hello/instances"):  # fmt: skip
         assert SECRET not in (await p.api.get(path)).text, path
+
+    # The invocation's output is its log, attributed to it, with the secret masked.
+    logs = (await p.api.get("/v1/functions/hello/invocations/inv-e2e-0001/logs")).json()["items"]
+    assert [(line["line"], line["instance"]) for line in logs] == [("invoked with e2e and key ****", first["id"])]
 
     # Version 1.1.0 builds and deploys while 1.0.0 serves; `latest` moves, the alias stays until switched.
     assert (
@@ -154,7 +159,10 @@ async def test_a_python_function_runs_as_a_vm_restored_from_its_snapshot(platfor
 
     # Idle instances stop once the idle timeout passes (the scaler runs every 0.25 s here).
     assert (await p.api.patch("/v1/functions/hello", json={"idle_timeout_seconds": 1})).status_code == 200
+    await _invoke(switched, "late", invocation="inv-e2e-late")
     await _wait_no_instances(p, "hello", within=60)
+    late = (await p.api.get("/v1/functions/hello/invocations/inv-e2e-late/logs")).json()["items"]
+    assert [line["line"] for line in late] == ["invoked with late and key ****"], "collected before the stop"
     for w in (await p.rik.list_workloads()).items:
         items = (await p.rik.list_instances(workload=w.metadata.name)).items
         running = [i.id for i in items if i.desired_state != DesiredState.DELETED]

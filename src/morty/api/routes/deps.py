@@ -13,6 +13,7 @@ from morty.api.builds import BuildQueue
 from morty.api.database import Database
 from morty.api.deployer import Deployer
 from morty.api.errors import Unauthorized
+from morty.api.instance_logs import InstanceLogs
 from morty.api.instances import Instances
 from morty.api.keys import SecretBox
 from morty.api.models import ErrorBody
@@ -32,6 +33,7 @@ class MortyState:
     orchestrator: Orchestrator | None = None
     deployer: Deployer | None = None
     instances: Instances | None = None
+    logs: InstanceLogs | None = None
     """Both None while no orchestrator is attached: versions are ready once built, and nothing runs them."""
 
 
