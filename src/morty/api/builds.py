@@ -18,6 +18,9 @@ class BuildQueue(Protocol):
     async def enqueue(self, build_id: str) -> None:
         """Hand a queued build to the builder. Must return quickly; the build runs elsewhere."""
 
+    async def cancel(self, build_id: str) -> bool:
+        """Stop a build this queue holds (it ends `failed`, "cancelled"); False if it holds no such build."""
+
 
 class NoBuilderQueue:
     """The in-process queue used while no builder is attached: it builds nothing, and every build
@@ -25,6 +28,9 @@ class NoBuilderQueue:
 
     def __init__(self) -> None:
         self.enqueued: list[str] = []
+
+    async def cancel(self, build_id: str) -> bool:
+        return False
 
     async def enqueue(self, build_id: str) -> None:
         self.enqueued.append(build_id)

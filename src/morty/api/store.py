@@ -534,6 +534,16 @@ async def finish_build(
         version.status_message = f"build {build_id} failed: {message}"
 
 
+async def cancel_queued_build(session: AsyncSession, build_id: str) -> None:
+    """A build no builder holds yet is cancelled where it stands: it fails as cancelled, and so does its version."""
+    row, _ = await _build_for_update(session, build_id)
+    if row.status != BuildStatus.QUEUED.value:
+        raise Conflict(f"build {build_id} is {row.status}; only a queued build or one running here can be cancelled")
+    await start_build(session, build_id)
+    await append_build_log(session, build_id, "build cancelled before it started\n")
+    await finish_build(session, build_id, succeeded=False, message="cancelled")
+
+
 async def requeue_interrupted_builds(session: AsyncSession) -> list[str]:
     """At start: builds left `running` by a previous process go back to `queued` (with a line in
     their log), their versions back to `uploaded`. Returns every queued build, oldest first."""

@@ -15,6 +15,7 @@ from tests.morty.api.conftest import (
     MortyFactory,
     create_function,
     create_version,
+    deploy,
     finish_build,
     ready_version,
     upload,
@@ -173,3 +174,22 @@ async def test_oversized_and_hostile_uploads_are_refused(morty_factory: MortyFac
         assert not list((data_dir / "code").rglob("*.archive"))
         assert not (data_dir.parent / "escape.py").exists()
         assert (await upload(url, zip_bytes())).status_code == 200, "a good archive is still accepted"
+
+
+async def test_a_queued_build_can_be_cancelled_once(api: httpx.AsyncClient) -> None:
+    await create_function(api, "hello")
+    await ready_version(api, "hello", "1.0.0")
+    uploaded = await deploy(api, "hello", "1.1.0")
+    build_id = uploaded["build"]["id"]
+
+    cancelled = await api.post(f"/v1/functions/hello/builds/{build_id}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "failed" and cancelled.json()["message"] == "cancelled"
+    assert "cancelled before it started" in cancelled.json()["log"]
+    version = (await api.get("/v1/functions/hello/versions/1.1.0")).json()
+    assert version["status"] == "failed" and "cancelled" in version["status_message"]
+    assert (await api.get("/v1/resolve/hello")).json()["version"] == "1.0.0", "the previous version keeps serving"
+
+    again = await api.post(f"/v1/functions/hello/builds/{build_id}/cancel")
+    assert again.status_code == 409 and "already finished" in again.json()["error"]
+    assert (await api.post("/v1/functions/hello/builds/nope/cancel")).status_code == 404
