@@ -379,20 +379,21 @@ class Agent:
 
     # Reporting ----------------------------------------------------------------------------------------
 
-    async def _report(self, instance_id: str, report: InstanceStatusReport) -> bool:
-        """Deliver a status report, retrying while the controller is away. False when the instance is
-        no longer this node's (deleted or moved)."""
+    async def _report(self, instance_id: str, report: InstanceStatusReport) -> int | None:
+        """Deliver a status report, retrying while the controller is away. None when the instance is no
+        longer this node's (deleted or moved); else the instance's resource version after the report (0
+        when the controller did not say)."""
         delay = 0.2
         while True:
             try:
-                await self.client.report_status(instance_id, report)
+                answer = await self.client.report_status(instance_id, report)
                 REPORTS.labels(report.phase.value).inc()
-                return True
+                return answer.resource_version if answer is not None else 0
             except ApiError as exc:
                 if exc.status in (404, 409):
-                    return False
+                    return None
                 log.error("status report rejected", extra={"instance": instance_id, "error": str(exc)})
-                return True
+                return 0
             except Unreachable:
                 log.warning("controller unreachable; will retry the status report", extra={"instance": instance_id})
             await asyncio.sleep(delay)

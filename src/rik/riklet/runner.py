@@ -15,8 +15,9 @@ from rik.riklet.records import InstanceRecord, RecordStore
 
 log = logging.getLogger(__name__)
 
-#: Sends a status report; returns False when the controller says the instance is no longer ours.
-Reporter = Callable[[str, InstanceStatusReport], Awaitable[bool]]
+#: Sends a status report; returns None when the controller says the instance is no longer ours, else the
+#: instance's resource version after the report (0 if unknown).
+Reporter = Callable[[str, InstanceStatusReport], Awaitable[int | None]]
 #: Takes a requested snapshot of this runner's instance (called from the runner's own loop).
 SnapshotTaker = Callable[["InstanceRunner", str], Awaitable[None]]
 
@@ -57,6 +58,9 @@ class InstanceRunner:
         self.done = asyncio.Event()
         self._queued_report: asyncio.Task[None] | None = None
         """The last report queued by `_post`; the next report goes after it."""
+        self._acknowledged = 0
+        """The instance's resource version in the controller's answer to our last report: watch events
+        older than that (echoes of earlier reports, still on their way) are not the controller's view."""
 
     # Inputs from the agent ----------------------------------------------------------------------------
 
@@ -104,7 +108,11 @@ class InstanceRunner:
                     while self._snapshots:
                         name, take = self._snapshots.pop(0)
                         await take(self, name)
-                    if self.phase is not None and self.instance.phase != self.phase:
+                    if (
+                        self.phase is not None
+                        and self.instance.phase != self.phase
+                        and self.instance.resource_version >= self._acknowledged
+                    ):
                         # Adopted after a restart, or the controller missed our report.
                         await self._send(self.phase, self.phase.value, "")
         finally:
@@ -221,5 +229,10 @@ class InstanceRunner:
         )
 
     async def _deliver(self, report: InstanceStatusReport) -> None:
-        if self.owned and not await self._report(self.id, report):
+        if not self.owned:
+            return
+        version = await self._report(self.id, report)
+        if version is None:
             self.disown()
+        else:
+            self._acknowledged = max(self._acknowledged, version)
