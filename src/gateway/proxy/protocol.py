@@ -292,6 +292,7 @@ class Exchange:
         "head",
         "headers",
         "headers_sent",
+        "hold_head",
         "held_at",
         "hmap",
         "hold_deadline",
@@ -352,6 +353,9 @@ class Exchange:
         # Response bytes for the client collected during one upstream read, written with one syscall.
         self.out: list[bytes] = []
         self.headers_sent = False
+        # A response head with a Content-Length waits for its first body bytes before it is written, so
+        # an upstream dying in between is still a clean failure that can be retried or answered.
+        self.hold_head = False
         self.chunked_out = False
         self.resp_close_delimited = False
         self.upstream_head_keep_alive = False
@@ -599,6 +603,7 @@ class Exchange:
         if self.headers_sent:
             self.finish_aborted()
             return
+        self._forget_response()
         if pool is not None and self.replay is not None and self.attempts <= pool.retries:
             retry = pool.pick(self.tried)
             if retry is not None:
@@ -607,6 +612,13 @@ class Exchange:
                 self.connect(retry)
                 return
         self.respond(status, message)
+
+    def _forget_response(self) -> None:
+        """Drop a response head that was received but never written (before a retry or an error)."""
+        self.out = []
+        self.resp_headers.clear()
+        self.status = 0
+        self.hold_head = self.chunked_out = self.resp_close_delimited = False
 
     def upstream_lost(self, conn: UpstreamConnection) -> None:
         if self.finished or self.upstream is not conn:
@@ -741,12 +753,13 @@ class Exchange:
             parts.append(b"connection: keep-alive\r\n\r\n" if self.keep_alive else b"connection: close\r\n\r\n")
         else:
             parts.append(b"\r\n")
-        self.headers_sent = True
         self.out.append(b"".join(parts))
+        self.hold_head = content_length is not None and content_length != b"0" and not no_body
         if status == 101:
             self.flush()
 
     def response_body(self, body: bytes) -> None:
+        self.hold_head = False
         self.bytes_out += len(body)
         if self.chunked_out:
             self.out.append(b"%x\r\n%s\r\n" % (len(body), body))
@@ -756,9 +769,10 @@ class Exchange:
     def flush(self) -> None:
         """Write what this upstream read produced for the client (called after each parser feed)."""
         out = self.out
-        if out:
+        if out and not self.hold_head:
             if not self.client.closed:
                 self.client.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self.headers_sent = True
             self.out = []
 
     def response_complete(self, upstream_keep_alive: bool) -> None:
@@ -766,6 +780,7 @@ class Exchange:
             return
         if self.chunked_out:
             self.out.append(LAST_CHUNK)
+        self.hold_head = False
         self.flush()
         self.finish(upstream_keep_alive and self.request_done)
 
@@ -847,6 +862,7 @@ class Exchange:
         if self.headers_sent:
             self.finish_aborted()
             return
+        self._forget_response()
         if not self.request_id:
             self.request_id = self.client.worker.ids.next()
         if self.has_body and not self.request_done:

@@ -197,6 +197,7 @@ class Worker:
     async def listen(self, host: str, port: int) -> asyncio.Server:
         """Accept connections on the shared port and start the worker's timers (usable without a control
         client: tests drive `config` directly)."""
+        CLOCK.tick()  # the coarse clock must be fresh before the first request reads it
         sock = listening_socket(host, port)
         server = await asyncio.get_running_loop().create_server(lambda: ClientConnection(self), sock=sock, backlog=4096)
         self.spawn(self.sweep())

@@ -148,12 +148,15 @@ class GatewayDatabase(SqlDatabase):
                 .limit(limit)
             )
             rows = list(await session.scalars(query))
-            if rows and rows[0].resource_version != rv + 1:
-                return None
             if not rows:
+                # Reads may not share a snapshot: read the counter, then the feed again. Every version up
+                # to the counter read is committed by then, so an empty feed now means compaction.
                 current = await session.scalar(select(CounterRow.value).where(CounterRow.name == RV_COUNTER))
-                if (current or 0) > rv:
-                    return None
+                if (current or 0) <= rv:
+                    return []
+                rows = list(await session.scalars(query))
+            if not rows or rows[0].resource_version != rv + 1:
+                return None
             return [
                 {
                     "type": row.op,
