@@ -24,7 +24,7 @@ RUNTIMES: dict[str, RuntimeInfo] = {
     r.name: r
     for r in (
         RuntimeInfo("python3.11", "python", "3.11", "morty/runtime-python3.11:latest", "main.py"),
-        RuntimeInfo("node20", "node", "20", "morty/runtime-node20:latest", "main.js"),
+        RuntimeInfo("node18", "node", "18", "morty/runtime-node18:latest", "main.js"),
     )
 }
 

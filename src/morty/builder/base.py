@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import morty.alpha
+import morty.runtimes.node
 import morty.runtimes.python
 from morty.builder._layers import CREATED, write_layer
 from morty.builder._tools import LogSink, run
@@ -40,6 +41,8 @@ class Recipe:
     """What a runtime base image is made of; its hash names the cache entry and the registry tag."""
 
     runtime: str
+    language: str
+    """`python` or `node`: how function builds install dependencies and find the handler (`function.LANGUAGES`)."""
     packages: tuple[str, ...]
     files: dict[str, tuple[bytes, int]]
     directories: dict[str, int]
@@ -88,6 +91,7 @@ def python_recipe() -> Recipe:
     }
     return Recipe(
         runtime="python3.11",
+        language="python",
         packages=("python3", "python3-pip", "ca-certificates"),
         files=files,
         directories={"opt/morty/deps": 0o755, "var/task": 0o755},
@@ -102,7 +106,45 @@ def python_recipe() -> Recipe:
     )
 
 
-RECIPES = {"python3.11": python_recipe}
+def _common_files() -> dict[str, tuple[bytes, int]]:
+    return {
+        **_package_files(Path(morty.alpha.__file__).parent, "opt/morty/alpha"),
+        "etc/hosts": (b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644),
+        "etc/resolv.conf": (b"# no resolver: lookups fail fast\n", 0o644),
+        "etc/hostname": (b"morty\n", 0o644),
+    }
+
+
+def node_recipe() -> Recipe:
+    """Debian's Node.js (18) and npm, with python3 for alpha."""
+    runtime = Path(morty.runtimes.node.__file__).parent
+    files = {
+        **_common_files(),
+        "opt/morty/runtimes/node/server.js": ((runtime / "server.js").read_bytes(), 0o644),
+        "opt/morty/runtimes/node/modules/morty-runtime.js": (
+            (runtime / "modules" / "morty-runtime.js").read_bytes(),
+            0o644,
+        ),
+    }
+    return Recipe(
+        runtime="node18",
+        language="node",
+        packages=("nodejs", "npm", "python3", "ca-certificates"),
+        files=files,
+        directories={"opt/morty/deps": 0o755, "var/task": 0o755},
+        entrypoint=("/usr/bin/python3", "/opt/morty/alpha/__main__.py"),
+        env=(
+            f"PATH={PATH_ENV}",
+            "LANG=C.UTF-8",
+            "PYTHONUNBUFFERED=1",
+            f"MORTY_PORT={PORT}",
+            "NODE_PATH=/opt/morty/runtimes/node/modules:/opt/morty/deps/node_modules",
+            "MORTY_RUNTIME_CMD=/usr/bin/node /opt/morty/runtimes/node/server.js",
+        ),
+    )
+
+
+RECIPES = {"python3.11": python_recipe, "node18": node_recipe}
 
 
 @dataclass(frozen=True)
@@ -111,6 +153,7 @@ class BaseImage:
     hash: str
     layout: Path
     """An OCI layout holding the image under tag `TAG`."""
+    language: str = "python"
 
     @property
     def oci_ref(self) -> str:
@@ -163,7 +206,7 @@ async def ensure_base_image(runtime: str, cache: Path = DEFAULT_CACHE, log: LogS
     recipe = RECIPES[runtime]()
     digest = recipe.hash()
     directory = cache / f"{runtime}-{digest}"
-    image = BaseImage(runtime=runtime, hash=digest, layout=directory / "layout")
+    image = BaseImage(runtime=runtime, hash=digest, layout=directory / "layout", language=recipe.language)
     if (directory / "done").is_file():
         await sink(f"base image {runtime}:{digest}: cached\n")
         return image
@@ -207,5 +250,7 @@ async def push_base_image(image: BaseImage, registry: str, log: LogSink, *, tls_
     return reference
 
 
-if __name__ == "__main__":  # builds (if needed) and prints the OCI reference
-    print(asyncio.run(ensure_base_image("python3.11")).oci_ref)
+if __name__ == "__main__":  # builds (if needed) and prints the OCI reference: python -m morty.builder.base [RUNTIME]
+    import sys
+
+    print(asyncio.run(ensure_base_image(sys.argv[1] if len(sys.argv) > 1 else "python3.11")).oci_ref)

@@ -1,5 +1,6 @@
-"""Function images: the runtime base image plus a dependency layer (``/opt/morty/deps``, installed by pip inside a
-sandbox of the base image) and a code layer (``/var/task``), pushed to the registry as ``morty/fn-<name>:<version>``.
+"""Function images: the runtime base image plus a dependency layer (``/opt/morty/deps``, installed by the
+runtime's own package manager, pip or npm, inside a sandbox of the base image) and a code layer (``/var/task``),
+pushed to the registry as ``morty/fn-<name>:<version>``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,73 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 IMAGE_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 _HANDLER_LINE = re.compile(r"^handler:\s*['\"]?([A-Za-z_][\w.]*)['\"]?\s*(#.*)?$", re.MULTILINE)
 _TAG_OK = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+@dataclass(frozen=True)
+class Language:
+    """How a language's functions are built: the file listing dependencies, the handler's file suffixes, the
+    function image's own environment, and the sandboxed install (argv, environment) into `DEPS_DIR`."""
+
+    name: str
+    tool: str
+    """The package manager, as build logs and errors name it."""
+    manifest: str
+    suffixes: tuple[str, ...]
+    env: tuple[str, ...]
+    install: tuple[str, ...]
+    install_env: tuple[tuple[str, str], ...]
+    ca_env: str
+    """The variable that points the installer at a CA bundle."""
+    copy_manifest: tuple[str, ...] = ()
+    """Files copied from the code into `DEPS_DIR` before installing (npm installs where package.json is)."""
+
+
+LANGUAGES = {
+    "python": Language(
+        name="python",
+        tool="pip",
+        manifest="requirements.txt",
+        suffixes=(".py",),
+        env=(f"PYTHONPATH={DEPS_DIR}",),
+        install=(
+            "/usr/bin/python3",
+            "-m",
+            "pip",
+            "install",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--progress-bar",
+            "off",
+            "--no-warn-script-location",
+            "--target",
+            DEPS_DIR,
+            "-r",
+            f"{CODE_DIR}/requirements.txt",
+        ),  # fmt: skip
+        install_env=(("LANG", "C.UTF-8"), ("PIP_BREAK_SYSTEM_PACKAGES", "1"), ("PYTHONDONTWRITEBYTECODE", "1")),
+        ca_env="PIP_CERT",
+    ),
+    "node": Language(
+        name="node",
+        tool="npm",
+        manifest="package.json",
+        suffixes=(".js", ".cjs", ".mjs"),
+        env=(),
+        install=(
+            "/usr/bin/npm",
+            "install",
+            "--omit=dev",
+            "--no-audit",
+            "--no-fund",
+            "--no-update-notifier",
+            "--loglevel=warn",
+        ),  # fmt: skip
+        install_env=(("LANG", "C.UTF-8"), ("HOME", "/tmp"), ("npm_config_cache", "/tmp/npm-cache")),
+        ca_env="NODE_EXTRA_CA_CERTS",
+        copy_manifest=("package.json", "package-lock.json"),
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -63,10 +131,12 @@ class FunctionBuild:
         except ArchiveError as exc:
             raise BuildError(f"invalid code archive: {exc}") from None
         await self.log(f"code: {summary.files} files, {summary.expanded_bytes} bytes ({summary.format})\n")
+        language = LANGUAGES[self.base.language]
         handler = _check_handler(handler or _handler_from_config(code) or DEFAULT_HANDLER)
         module = handler.rpartition(".")[0].replace(".", "/")
-        if not (code / f"{module}.py").is_file() and not (code / module / "__init__.py").is_file():
-            raise BuildError(f"handler {handler!r}: the code has no {module}.py")
+        found = any((code / f"{module}{suffix}").is_file() for suffix in language.suffixes)
+        if not found and not (language.name == "python" and (code / module / "__init__.py").is_file()):
+            raise BuildError(f"handler {handler!r}: the code has no {module}{' or '.join(language.suffixes)}")
 
         layout = self.workdir / "layout"
         await asyncio.to_thread(_link_layout, self.base.layout, layout)
@@ -74,22 +144,22 @@ class FunctionBuild:
         await run(["umoci", "tag", "--image", f"{layout}:{TAG}", FUNCTION_TAG], self.log, what="umoci tag")
         history = ["--history.created", CREATED]
 
-        requirements = code / "requirements.txt"
-        if requirements.is_file():
-            deps = await self._install_dependencies(code)
+        if (code / language.manifest).is_file():
+            deps = await self._install_dependencies(code, language)
             layer = self.workdir / "deps.tar"
             await asyncio.to_thread(write_layer, layer, tree=(deps, DEPS_DIR))
-            argv = ["umoci", "raw", "add-layer", "--image", ref, *history, "--history.created_by", "pip install"]
+            by = f"{language.tool} install"
+            argv = ["umoci", "raw", "add-layer", "--image", ref, *history, "--history.created_by", by]
             await run([*argv, str(layer)], self.log, what="umoci raw add-layer (dependencies)")
         else:
-            await self.log("dependencies: no requirements.txt\n")
+            await self.log(f"dependencies: no {language.manifest}\n")
         layer = self.workdir / "code.tar"
         await asyncio.to_thread(write_layer, layer, tree=(code, CODE_DIR))
         argv = ["umoci", "raw", "add-layer", "--image", ref, *history, "--history.created_by", "code"]
         await run([*argv, str(layer)], self.log, what="umoci raw add-layer (code)")
         config = ["umoci", "config", "--image", ref, "--no-history", "--created", CREATED]
         config += ["--config.workingdir", CODE_DIR]
-        for env in (f"MORTY_CODE_DIR={CODE_DIR}", f"PYTHONPATH={DEPS_DIR}", f"MORTY_HANDLER={handler}"):
+        for env in (f"MORTY_CODE_DIR={CODE_DIR}", *language.env, f"MORTY_HANDLER={handler}"):
             config += ["--config.env", env]
         config += ["--config.label", f"org.morty.function={name}", "--config.label", f"org.morty.version={version}"]
         await run(config, self.log, what="umoci config")
@@ -105,22 +175,25 @@ class FunctionBuild:
         await self.log(f"pushed: {reference}@{digest}\n")
         return FunctionImage(reference=reference, digest=digest, handler=handler)
 
-    async def _install_dependencies(self, code: Path) -> Path:
+    async def _install_dependencies(self, code: Path, language: Language) -> Path:
         deps = self.workdir / "deps"
         deps.mkdir()
-        os.chown(deps, NOBODY, NOBODY)
-        await self.log("dependencies: pip install -r requirements.txt (sandboxed)\n")
-        args = ["/usr/bin/python3", "-m", "pip", "install", "--no-cache-dir", "--disable-pip-version-check"]
-        args += ["--no-input", "--progress-bar", "off", "--no-warn-script-location", "--target", DEPS_DIR]
-        args += ["-r", f"{CODE_DIR}/requirements.txt"]
-        env = {"LANG": "C.UTF-8", "PIP_BREAK_SYSTEM_PACKAGES": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        for name in language.copy_manifest:
+            if (code / name).is_file() and not (code / name).is_symlink():
+                shutil.copyfile(code / name, deps / name)
+        for path in (deps, *deps.iterdir()):
+            os.chown(path, NOBODY, NOBODY)
+        await self.log(f"dependencies: {language.tool} install ({language.manifest}, sandboxed)\n")
+        env = dict(language.install_env)
         mounts = [Mount(code, CODE_DIR, readonly=True), Mount(deps, DEPS_DIR, readonly=False)]
         if self.ca_bundle is not None:
             mounts.append(Mount(self.ca_bundle.resolve(), IMAGE_CA_BUNDLE, readonly=True))
-            env["PIP_CERT"] = IMAGE_CA_BUNDLE
+            env[language.ca_env] = IMAGE_CA_BUNDLE
+        cwd = DEPS_DIR if language.copy_manifest else CODE_DIR
         await Sandbox(self.base, self.sandbox_limits).run(
-            self.workdir / "sandbox", args, self.log, env=env, cwd=CODE_DIR, mounts=mounts, what="pip install"
-        )
+            self.workdir / "sandbox", list(language.install), self.log, env=env, cwd=cwd, mounts=mounts,
+            what=f"{language.tool} install",
+        )  # fmt: skip
         return deps
 
 

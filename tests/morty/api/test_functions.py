@@ -44,11 +44,11 @@ async def test_function_crud(api: httpx.AsyncClient) -> None:
     assert (created["min_instances"], created["max_instances"], created["memory_mib"]) == (0, 10, 256)
     assert created["secrets"] == [] and created["latest_version"] is None
 
-    duplicate = await api.post("/v1/functions", json={"name": "hello", "runtime": "node20"})
+    duplicate = await api.post("/v1/functions", json={"name": "hello", "runtime": "node18"})
     assert duplicate.status_code == 409
     assert "already exists" in duplicate.json()["error"]
 
-    await create_function(api, "another", runtime="node20", isolation="container")
+    await create_function(api, "another", runtime="node18", isolation="container")
     listed = (await api.get("/v1/functions")).json()["items"]
     assert [f["name"] for f in listed] == ["another", "hello"]
     assert listed[0]["isolation"] == "container"
@@ -79,7 +79,7 @@ async def test_configuration_errors_name_the_field(api: httpx.AsyncClient) -> No
     unknown = await create(runtime="cobol85")
     assert fields(unknown) == {"runtime"}
     assert "unknown runtime 'cobol85'" in unknown.json()["error"]
-    assert "node20, python3.11" in unknown.json()["error"]
+    assert "node18, python3.11" in unknown.json()["error"]
     assert fields(await create(isolation="chroot")) == {"isolation"}
     assert fields(await create(memory_mib=1)) == {"memory_mib"}
     assert fields(await create(vcpus=0)) == {"vcpus"}
@@ -106,7 +106,7 @@ async def test_configuration_errors_name_the_field(api: httpx.AsyncClient) -> No
 
 async def test_runtimes_are_listed_with_their_images(api: httpx.AsyncClient) -> None:
     items = {r["name"]: r for r in (await api.get("/v1/runtimes")).json()["items"]}
-    assert set(items) == {"python3.11", "node20"}
+    assert set(items) == {"python3.11", "node18"}
     assert items["python3.11"]["image"] == "morty/runtime-python3.11:latest"
-    assert items["node20"]["language"] == "node"
+    assert items["node18"]["language"] == "node"
     assert items["python3.11"]["handler"] == "main.py"  # what the template writes and the runtime loads

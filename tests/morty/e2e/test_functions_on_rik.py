@@ -198,3 +198,44 @@ async def test_container_isolation_runs_the_same_function_as_a_container(platfor
     }  # fmt: skip
     assert (await p.api.delete("/v1/functions/boxed")).status_code == 200
     assert (await p.rik.list_workloads()).items == []
+
+
+NODE_HANDLER = """\
+const isNumber = require('is-number');
+
+exports.handler = async (request) => {
+  const value = request.query.get('value');
+  console.log(`checking ${value}`);
+  return { runtime: 'node', node: process.versions.node.split('.')[0], value, number: isNumber(value) };
+};
+"""
+
+
+async def test_a_node_function_with_a_dependency(platform: Platform) -> None:
+    p = platform
+    created = await p.api.post("/v1/functions", json={"name": "nodefn", "runtime": "node18", "isolation": "container"})
+    assert created.status_code == 201, created.text
+    version = (await p.api.post("/v1/functions/nodefn/versions", json={"version": "1.0.0"})).json()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("main.js", NODE_HANDLER)
+        zf.writestr("package.json", '{"name": "nodefn", "version": "1.0.0", "dependencies": {"is-number": "7.0.0"}}')
+    async with httpx.AsyncClient(timeout=60) as plain:
+        uploaded = await plain.put(version["upload"]["url"], content=buffer.getvalue())
+    assert uploaded.status_code == 200, uploaded.text
+    ready = await p.wait_version("nodefn", "1.0.0")
+    build = (await p.api.get(f"/v1/functions/nodefn/builds/{uploaded.json()['build']['id']}")).json()
+    assert ready["status"] == "ready", (ready, build["log"])
+    assert "npm install" in build["log"]
+
+    instance = await _instance(p, "nodefn")
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+        for value, number in (("42", True), ("abc", False)):
+            response = await client.get(
+                f"{instance['url']}/", params={"value": value}, headers={"X-Morty-Invocation-Id": f"node-{value}"}
+            )
+            assert response.status_code == 200, response.text
+            assert response.json() == {"runtime": "node", "node": "18", "value": value, "number": number}
+    logs = (await p.api.get("/v1/functions/nodefn/invocations/node-42/logs")).json()["items"]
+    assert [line["line"] for line in logs] == ["checking 42"]
+    assert (await p.api.delete("/v1/functions/nodefn")).status_code == 200
