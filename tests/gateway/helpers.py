@@ -164,6 +164,7 @@ def gateway_process(
     workdir: Path, *, database: str | None = None, workers: int = 1, extra: list[str] | None = None
 ) -> Iterator[GatewayProcess]:
     proxy_port, admin_port = free_tcp_port(), free_tcp_port()
+    workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / f"gateway-{proxy_port}.log"
     argv = [sys.executable, "-m", "gateway", "--listen", f"127.0.0.1:{proxy_port}"]
     argv += ["--admin-listen", f"127.0.0.1:{admin_port}", "--workers", str(workers), "--shutdown-grace", "10"]

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from tests.gateway.helpers import TOKEN, GatewayProcess, gateway_process, upstream_process, wait_until
+from tests.support.postgres import create_database
 from tests.support.registry import free_tcp_port
 from tests.support.services import served
 
@@ -344,3 +345,26 @@ async def test_two_workers_follow_the_same_configuration(tmp_path: Path) -> None
                 )
                 assert all(isinstance(r, httpx.Response) and r.status_code == 200 for r in results)
             assert (await client.get("/other")).status_code == 404
+
+
+async def test_replicas_sharing_a_database_stay_in_sync(tmp_path: Path, postgres: str) -> None:
+    database = create_database(postgres, f"gw_{os.getpid()}_{free_tcp_port()}")
+    with (
+        upstream_process("A") as (port, _),
+        gateway_process(tmp_path / "one", database=database) as one,
+        gateway_process(tmp_path / "two", database=database) as two,
+        one.admin_client() as admin_one,
+        two.admin_client() as admin_two,
+    ):
+        setup_service(admin_one, "web", [port])
+        created = admin_one.put("/v1/routes/web", json={"service": "web", "path_prefix": "/shared"})
+        version = created.json()["resource_version"]
+        # The other replica's workers apply the change written through the first one.
+        synced = admin_two.get("/v1/sync", params={"resource_version": version, "timeout_s": 20})
+        assert synced.status_code == 200, synced.text
+        response = await asyncio.to_thread(httpx.get, f"{two.proxy}/shared/x")
+        assert response.status_code == 200 and response.headers["x-upstream"] == "A"
+        removed = admin_two.delete(f"/v1/services/web/targets/127.0.0.1:{port}")
+        version = removed.json()["resource_version"]
+        assert admin_one.get("/v1/sync", params={"resource_version": version, "timeout_s": 20}).status_code == 200
+        assert (await asyncio.to_thread(httpx.get, f"{one.proxy}/shared/x")).status_code == 503
