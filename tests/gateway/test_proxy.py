@@ -162,7 +162,11 @@ async def test_routing_by_host_prefix_method_and_priority() -> None:
         response = await client.get("/fn/hello/x?q=1")
         assert response.json()["upstream"] == "b" and response.json()["path"] == "/x"
         assert (await client.get("/fn/hello2")).json()["path"] == "/fn/hello2"  # whole segments only
-        plane.put("route", "fn-v1", {"service": "svc", "path_prefix": "/fn/hello@v1", "strip_prefix": True})
+        plane.put("service", "only-a", {})
+        plane.put(
+            "target", f"only-a/127.0.0.1:{plane.upstreams['a']}", {"address": f"127.0.0.1:{plane.upstreams['a']}"}
+        )
+        plane.put("route", "fn-v1", {"service": "only-a", "path_prefix": "/fn/hello@v1", "strip_prefix": True})
         pinned = (await client.get("/fn/hello@v1/x")).json()
         assert pinned["upstream"] == "a" and pinned["path"] == "/x"
         assert (await client.get("/fn/hello/x")).json()["upstream"] == "b"
