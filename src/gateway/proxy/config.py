@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.model import RouteSpec, ServiceSpec, TargetSpec, parse_address
 from gateway.proxy.auth import Authenticator, make_authenticator
+from gateway.proxy.clock import CLOCK
 from gateway.proxy.limits import TokenBucket
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ class Pool:
 
     def pick(self, exclude: tuple[Target, ...] = ()) -> Target | None:
         """Smooth weighted round-robin (nginx's) or least in-flight per weight, over usable targets."""
-        now = monotonic()
+        now = CLOCK.now
         best: Target | None = None
         if self.least:
             best_load = math.inf
@@ -237,12 +238,18 @@ class Config:
         self.workers = workers
         self.routes: dict[str, Route] = {}
         self.ordered: tuple[Route, ...] = ()
+        # Candidates by the first path segment: a prefix other than "/" only matches paths that share
+        # its first segment, so a request scans its segment's routes (plus the "/" ones), not all routes.
+        self.by_segment: dict[bytes, tuple[Route, ...]] = {}
+        self.roots: tuple[Route, ...] = ()
         self.pools: dict[str, Pool] = {}
         self.resource_version = 0
         self._on_target_added = on_target_added
 
     def match(self, host: bytes, path: bytes, method: bytes) -> Route | None:
-        for route in self.ordered:
+        end = path.find(b"/", 1)
+        candidates = self.by_segment.get(path[1:] if end < 0 else path[1:end], self.roots)
+        for route in candidates:
             if route.matches(host, path, method):
                 return route
         return None
@@ -322,3 +329,17 @@ class Config:
 
     def _reorder(self) -> None:
         self.ordered = tuple(sorted(self.routes.values(), key=lambda r: (-r.priority, -len(r.prefix), r.name)))
+        segments: dict[bytes, list[Route]] = {}
+        roots: list[Route] = []
+        for route in self.ordered:
+            if route.prefix == b"/":
+                roots.append(route)
+                for members in segments.values():
+                    members.append(route)
+            else:
+                end = route.prefix.find(b"/", 1)
+                segment = route.prefix[1:] if end < 0 else route.prefix[1:end]
+                # A new segment starts with the "/" routes already seen (they rank before it).
+                segments.setdefault(segment, list(roots)).append(route)
+        self.by_segment = {segment: tuple(members) for segment, members in segments.items()}
+        self.roots = tuple(roots)

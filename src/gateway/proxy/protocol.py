@@ -721,9 +721,12 @@ class Exchange:
         content_length = None
         chunked = False
         close = not http11
+        has_request_id = False
         parts = [status_line(status)]
         for name, value in self.resp_headers:
-            if name == b"content-length":
+            if name == b"x-request-id":
+                has_request_id = True
+            elif name == b"content-length":
                 content_length = value
             elif name == b"transfer-encoding":
                 chunked = True
@@ -745,7 +748,7 @@ class Exchange:
             else:
                 self.chunked_out = True
                 parts.append(b"transfer-encoding: chunked\r\n")
-        if not any(name == b"x-request-id" for name, _ in self.resp_headers):
+        if not has_request_id:
             parts += (b"x-request-id: ", self.request_id, b"\r\n")
         if status != 101:
             if self.client.shutting_down:
