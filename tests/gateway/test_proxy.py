@@ -269,3 +269,16 @@ async def test_draining_target_finishes_in_flight_requests() -> None:
         done = await asyncio.gather(*slow)
         assert [r.status_code for r in done] == [200] * 6
         assert {r.text for r in done} == {"a", "b"}
+
+
+async def test_a_slow_upload_is_not_a_read_timeout() -> None:
+    async with data_plane() as plane, httpx.AsyncClient(base_url=plane.url, timeout=10) as client:
+        plane.route("default", path_prefix="/", read_timeout_s=0.5)
+
+        async def trickle():  # type: ignore[no-untyped-def]
+            for _ in range(8):
+                await asyncio.sleep(0.2)
+                yield b"x" * 1000
+
+        response = await client.post("/echo", content=trickle())
+        assert response.status_code == 200 and response.json()["bytes"] == 8000

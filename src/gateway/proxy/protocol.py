@@ -689,6 +689,8 @@ class Exchange:
                 self.replay = None
         upstream = self.upstream
         if upstream is not None and upstream.transport is not None:
+            # A long upload is activity too: the read timeout measures silence in both directions.
+            self.upstream_seen = CLOCK.now
             upstream.transport.write(data)
             return
         self.pending.append(data)
