@@ -63,7 +63,9 @@ async def change_stream(db: GatewayDatabase, since: int | None) -> AsyncIterator
             current = change["resource_version"]
         if changes:
             last_sent = monotonic()
-            continue
+            if len(changes) >= 1000:
+                continue  # a full page: more are waiting
+        # The signal was taken before the read: a change committed since then has already set it.
         try:
             await asyncio.wait_for(signal.wait(), POLL_S)
         except TimeoutError:

@@ -48,10 +48,12 @@ class GatewayDatabase(SqlDatabase):
         signal.set()
 
     async def _bump(self, session: AsyncSession) -> int:
-        await session.execute(
-            update(CounterRow).where(CounterRow.name == RV_COUNTER).values(value=CounterRow.value + 1)
+        value = await session.scalar(
+            update(CounterRow)
+            .where(CounterRow.name == RV_COUNTER)
+            .values(value=CounterRow.value + 1)
+            .returning(CounterRow.value)
         )
-        value = await session.scalar(select(CounterRow.value).where(CounterRow.name == RV_COUNTER))
         assert value is not None
         return int(value)
 
