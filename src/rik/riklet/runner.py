@@ -141,15 +141,21 @@ class InstanceRunner:
         self.records.save(InstanceRecord(self.id, self.driver.name, self.instance.workload))
         # Not awaited: the start begins at once. Should the controller answer that the instance is no longer
         # ours, the runner is disowned and removes the instance after the start, as for a delete meanwhile.
-        self._post(Phase.CREATING, "Creating", "")
+        snapshot = self.instance.spec.vm.snapshot if self.instance.spec.vm else None
+        # A restore says so from the start: the driver's own first word is the same, and is not sent twice
+        # (one controller write and its watch events fewer while the VM starts).
+        posted = ("Restoring", f"restoring snapshot {snapshot}") if snapshot else ("Creating", "")
+        self._post(Phase.CREATING, *posted)
         if self.wants_removal:
             return
 
         async def progress(reason: str, message: str) -> None:
-            self._post(Phase.CREATING, reason, message)
+            nonlocal posted
+            if (reason, message) != posted:
+                posted = (reason, message)
+                self._post(Phase.CREATING, reason, message)
 
         request = InstanceRequest(id=self.id, workload=self.instance.workload, spec=self.instance.spec)
-        snapshot = self.instance.spec.vm.snapshot if self.instance.spec.vm else None
         try:
             if snapshot:
                 directory = self.snapshot_dir(snapshot)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from rik.drivers.base import Capabilities, Handle, InstanceRequest, ProgressCallback
 from rik.model import Instance, InstanceStatusReport, Phase
@@ -19,6 +20,12 @@ class FakeDriver:
     async def start(self, request: InstanceRequest, progress: ProgressCallback) -> Handle:
         await progress("Booting", "")
         return Handle(id=request.id, driver=self.name, address="10.0.0.2")
+
+    async def restore(self, request: InstanceRequest, snapshot: Path, progress: ProgressCallback) -> Handle:
+        await progress("Restoring", f"restoring snapshot {snapshot.name}")
+        await progress("Restoring", f"restoring snapshot {snapshot.name}")
+        await progress("Networking", "attaching")
+        return Handle(id=request.id, driver=self.name, address="10.0.0.3")
 
     async def stop(self, handle: Handle, grace_seconds: float) -> None:
         pass
@@ -41,11 +48,12 @@ class FakeController:
         return self.version
 
 
-def instance(phase: str, version: int) -> Instance:
+def instance(phase: str, version: int, spec: dict[str, Any] | None = None) -> Instance:
     stamp = datetime.now(UTC)
     return Instance.model_validate(
         {
-            "id": "web-1", "workload": "web", "kind": "Pod", "spec": {"image": "x"}, "node": "n1", "phase": phase,
+            "id": "web-1", "workload": "web", "kind": "VM" if spec else "Pod", "spec": spec or {"image": "x"},
+            "node": "n1", "phase": phase,
             "desired_state": "Running", "reason": "Scheduled", "resource_version": version, "created_at": stamp,
             "updated_at": stamp,
         }
@@ -82,6 +90,26 @@ async def test_running_is_reported_once_though_the_watch_still_shows_the_start(t
             while len(controller.reports) < 4:
                 await asyncio.sleep(0.01)
         assert controller.reports[-1] == (Phase.RUNNING, "Running")
+    finally:
+        runner.disown()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_a_restore_reports_its_progress_without_repeating_itself(tmp_path: Path) -> None:
+    (tmp_path / "s1").mkdir()
+    controller = FakeController(version=5)
+    runner = InstanceRunner(
+        instance("Pending", 5, {"image": "x", "vm": {"snapshot": "s1"}}), node="n1", driver=FakeDriver(),  # type: ignore[arg-type]
+        records=RecordStore(tmp_path / "records"), report=controller.report, grace_seconds=1.0,
+        snapshot_dir=lambda name: tmp_path / name,
+    )  # fmt: skip
+    task = asyncio.create_task(runner.run())
+    try:
+        await running(runner, controller)
+        assert controller.reports == [
+            (Phase.CREATING, "Restoring"), (Phase.CREATING, "Networking"), (Phase.RUNNING, "Running")
+        ]  # fmt: skip
+        assert runner.handle is not None and runner.handle.address == "10.0.0.3"
     finally:
         runner.disown()
         await asyncio.wait_for(task, 5)
