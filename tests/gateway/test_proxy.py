@@ -282,3 +282,27 @@ async def test_a_slow_upload_is_not_a_read_timeout() -> None:
 
         response = await client.post("/echo", content=trickle())
         assert response.status_code == 200 and response.json()["bytes"] == 8000
+
+
+async def test_a_slow_reader_leaves_the_pooled_upstream_usable() -> None:
+    async with data_plane() as plane, httpx.AsyncClient(base_url=plane.url, timeout=5) as client:
+        (target,) = plane.worker.config.pools["svc"].members
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", plane.port, limit=1 << 16)
+            writer.write(b"GET /stream?bytes=8000000&chunk=1000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            # Read nothing until the gateway has had to stop reading the upstream.
+            while not any(conn.reading_paused for conn in target.conns):
+                await asyncio.sleep(0.01)
+            status, _, body = await read_response(reader, timeout=20)
+            assert status == 200 and len(body) == 8_000_000
+            writer.close()
+            assert not any(conn.reading_paused for conn in target.idle)
+            assert (await client.get("/")).status_code == 200
+        # Deterministically: a response that ends while its client has paused the upstream's reading.
+        slow = asyncio.create_task(client.get("/slow", params={"seconds": "0.3"}))
+        while target.in_flight == 0:
+            await asyncio.sleep(0.01)
+        (busy,) = [conn for conn in target.conns if conn.exchange is not None]
+        busy.reading_paused = True  # as ClientConnection.pause_writing leaves it
+        assert (await slow).status_code == 200
+        assert busy in target.idle and not busy.reading_paused

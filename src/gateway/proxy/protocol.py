@@ -67,6 +67,7 @@ class ClientConnection(asyncio.Protocol):
         "tunnel",
         "upstream_paused",
         "worker",
+        "write_paused",
     )
 
     def __init__(self, worker: Worker) -> None:
@@ -85,6 +86,8 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self.shutting_down = False
         self.upstream_paused = False
+        # The client's socket buffer is full: the upstream serving it must not be read meanwhile.
+        self.write_paused = False
         self.peer = b"unknown"
 
     # Protocol interface
@@ -139,14 +142,16 @@ class ClientConnection(asyncio.Protocol):
             self.fail(rejected.status, rejected.message)
 
     def pause_writing(self) -> None:
+        self.write_paused = True
         exchange = self.ex
-        if exchange is not None and exchange.upstream is not None and exchange.upstream.transport is not None:
-            exchange.upstream.transport.pause_reading()
+        if exchange is not None and exchange.upstream is not None:
+            exchange.upstream.pause_reading()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         exchange = self.ex
-        if exchange is not None and exchange.upstream is not None and exchange.upstream.transport is not None:
-            exchange.upstream.transport.resume_reading()
+        if exchange is not None and exchange.upstream is not None:
+            exchange.upstream.resume_reading()
 
     # Flow control towards the upstream (the upstream socket is full, or nothing can take the body yet)
 
@@ -573,6 +578,8 @@ class Exchange:
         self.upstream = conn
         conn.exchange = self
         conn.served += 1
+        if self.client.write_paused:
+            conn.pause_reading()
         self.upstream_seen = CLOCK.now
         self.sent_at = perf_counter()
         transport = conn.transport
@@ -803,6 +810,8 @@ class Exchange:
                 self.pool.report_success(target)
         if upstream is not None:
             upstream.exchange = None
+            # Never park a connection whose reading a slow client paused: resume it first.
+            upstream.resume_reading()
             if reusable and target is not None and not target.draining and not upstream.closed:
                 if len(target.idle) < 512:
                     target.idle.append(upstream)

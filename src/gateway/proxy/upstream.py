@@ -18,7 +18,18 @@ if TYPE_CHECKING:
 
 
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("closed", "exchange", "head_only", "interim", "parser", "served", "target", "transport", "tunnel")
+    __slots__ = (
+        "closed",
+        "exchange",
+        "head_only",
+        "interim",
+        "parser",
+        "reading_paused",
+        "served",
+        "target",
+        "transport",
+        "tunnel",
+    )
 
     def __init__(self, target: Target) -> None:
         self.target = target
@@ -30,6 +41,17 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel = False
         self.interim = False
         self.head_only = False
+        self.reading_paused = False
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused and not self.closed and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and not self.closed and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
