@@ -25,6 +25,9 @@ class Provisioner:
         self.calls: dict[str, int] = {}
         self._running: dict[str, asyncio.Task[tuple[bool, str]]] = {}
         self._recent: dict[str, tuple[float, str]] = {}
+        self._added: dict[str, int] = {}
+        """Targets registered per service so far: a hook that registers its target before it answers must not
+        leave its route marked "already provisioning"."""
         self._http = httpx.AsyncClient()
 
     async def close(self) -> None:
@@ -43,6 +46,7 @@ class Provisioner:
         return await asyncio.shield(task)
 
     def target_added(self, service: str) -> None:
+        self._added[service] = self._added.get(service, 0) + 1
         for route, (_, route_service) in list(self._recent.items()):
             if route_service == service:
                 del self._recent[route]
@@ -58,6 +62,7 @@ class Provisioner:
         self.calls[route] = self.calls.get(route, 0) + 1
         headers = {"authorization": f"Bearer {hook.token}"} if hook.token else {}
         body = {"route": route, "service": spec.service, "labels": spec.labels}
+        added_before = self._added.get(spec.service, 0)
         log.info("calling provisioner", extra={"route": route, "url": hook.url})
         try:
             response = await self._http.post(hook.url, json=body, headers=headers, timeout=hook.timeout_s)
@@ -67,5 +72,6 @@ class Provisioner:
         if not response.is_success:
             log.warning("provisioner refused", extra={"route": route, "status": response.status_code})
             return False, f"provisioner answered {response.status_code}"
-        self._recent[route] = (monotonic() + hook.timeout_s, spec.service)
+        if self._added.get(spec.service, 0) == added_before:  # its target is still to come
+            self._recent[route] = (monotonic() + hook.timeout_s, spec.service)
         return True, ""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -20,8 +21,9 @@ from morty.api import keys, store
 from morty.api.builds import BuildQueue, NoBuilderQueue
 from morty.api.database import Database
 from morty.api.deployer import Deployer, DeploySettings
+from morty.api.gateway import Gateway, GatewayError, GatewaySettings
 from morty.api.instance_logs import InstanceLogs
-from morty.api.instances import Instances, ScalingSettings
+from morty.api.instances import Instances, Placed, ScalingSettings
 from morty.api.routes import (
     aliases,
     builds,
@@ -33,6 +35,7 @@ from morty.api.routes import (
     uploads,
     versions,
 )
+from morty.api.routes import gateway as gateway_routes
 from morty.api.routes import instances as instance_routes
 from morty.api.routes import logs as log_routes
 from morty.api.routes.deps import MortyState
@@ -89,6 +92,47 @@ def make_code_store(settings: Settings, master: bytes) -> CodeStore:
     raise ValueError(f"unknown code store {settings.code_store!r}; expected local or s3")
 
 
+GATEWAY_SYNC_INTERVAL = 30.0
+
+
+def _attach_gateway(gateway: Gateway, instances: Instances, deployer: Deployer) -> None:
+    """Instances become targets once ready and leave the gateway before they stop; a ready version gets its
+    routes; the gateway's in-flight counts are the scaler's load."""
+
+    async def register(placed: Placed) -> None:
+        await gateway.add_target(placed.key, placed.host, placed.port, placed.instance_id, placed.start_path)
+
+    async def drain(placed: Placed) -> None:
+        await gateway.remove_target(placed.key, placed.host, placed.port)
+
+    async def load() -> dict[str, int]:
+        per_address: dict[str, int] = {}
+        for targets in (await gateway.in_flight()).values():
+            for address, count in targets.items():
+                per_address[address] = per_address.get(address, 0) + count
+        return per_address
+
+    async def publish(function: str) -> None:
+        try:
+            await gateway.sync_function(function)
+        except GatewayError as exc:
+            log.warning("gateway not updated; the periodic sync will retry: %s", exc, extra={"function": function})
+
+    instances.after_start.append(register)
+    instances.before_stop.insert(0, drain)
+    instances.load = load
+    deployer.on_ready.append(publish)
+
+
+async def _sync_gateway(gateway: Gateway) -> None:
+    while True:
+        try:
+            await gateway.sync_all()
+        except GatewayError as exc:
+            log.warning("gateway sync failed: %s", exc)
+        await asyncio.sleep(GATEWAY_SYNC_INTERVAL)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -102,6 +146,7 @@ def create_app(
     db = Database(settings.database)
     box = keys.SecretBox(keys.derive(master, "secrets"))
     code_store = code_store or make_code_store(settings, master)
+    token = keys.management_token(settings.token, settings.data_dir)
     deployer: Deployer | None = None
     instances: Instances | None = None
     instance_logs: InstanceLogs | None = None
@@ -115,10 +160,25 @@ def create_app(
         instance_logs = InstanceLogs(db, box)
         collect = instance_logs.collect
 
-        async def collect_before_stop(_function: str, instance_id: str) -> None:
-            await collect(instance_id)
+        async def collect_before_stop(placed: Placed) -> None:
+            await collect(placed.instance_id)
 
         instances.before_stop.append(collect_before_stop)
+    gateway: Gateway | None = None
+    if settings.gateway_url and instances is not None and deployer is not None:
+        if not settings.gateway_token:
+            raise ValueError("the gateway's management token is needed (MORTY_GATEWAY_TOKEN)")
+        gateway = Gateway(
+            db,
+            GatewaySettings(
+                admin_url=settings.gateway_url,
+                token=settings.gateway_token,
+                provision_url=settings.gateway_provision_url or f"{settings.public_url}/v1/provision",
+                provision_token=token,
+                provision_timeout_s=settings.provision_timeout,
+            ),
+        )
+        _attach_gateway(gateway, instances, deployer)
     builder: Builder | None = None
     if build_queue is None and settings.registry:
         builder = Builder(
@@ -141,11 +201,12 @@ def create_app(
         box=box,
         code_store=code_store,
         build_queue=build_queue or NoBuilderQueue(),
-        token=keys.management_token(settings.token, settings.data_dir),
+        token=token,
         orchestrator=orchestrator,
         deployer=deployer,
         instances=instances,
         logs=instance_logs,
+        gateway=gateway,
     )
 
     @contextlib.asynccontextmanager
@@ -158,6 +219,7 @@ def create_app(
         deploying = await deployer.resume() if deployer is not None else 0
         if instances is not None:
             instances.start()
+        syncing = asyncio.create_task(_sync_gateway(gateway)) if gateway is not None else None
         log.info(
             "Morty APIs ready",
             extra={
@@ -171,8 +233,14 @@ def create_app(
         try:
             yield
         finally:
+            if syncing is not None:
+                syncing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await syncing
             if instances is not None:
                 await instances.close()
+            if gateway is not None:
+                await gateway.close()
             if deployer is not None:
                 await deployer.close()
             if instance_logs is not None:
@@ -203,6 +271,7 @@ def create_app(
         instance_routes,
         log_routes,
         invocations,
+        gateway_routes,
         runtimes,
     ):
         app.include_router(module.router)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -73,6 +74,8 @@ class Deployer:
         self.settings = settings or DeploySettings()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closing = False
+        self.on_ready: list[Callable[[str], Awaitable[None]]] = []
+        """Called with the function's name once one of its versions is ready."""
 
     async def enqueue(self, version_id: str) -> None:
         if version_id in self._tasks or self._closing:
@@ -183,6 +186,9 @@ class Deployer:
             await self._orchestrator.unregister(spec.key)
             return
         log.info("deployed", extra={"version": version_id, "key": spec.key, "snapshot": snapshot})
+        function = spec.labels["morty.function"]
+        for hook in self.on_ready:
+            await hook(function)
 
     async def _fail(self, version_id: str, message: str) -> None:
         log.warning("deployment failed: %s", message, extra={"version": version_id})

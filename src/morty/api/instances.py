@@ -44,8 +44,22 @@ PROVISION_SECONDS = Histogram(
 STOPS = Counter("morty_instance_stops_total", "Instances stopped", ["reason"])
 RUNNING = Gauge("morty_instances", "Instances Morty runs")
 
-BeforeStop = Callable[[str, str], Awaitable[None]]
-"""Called with (function, instance id) before an instance is stopped."""
+
+@dataclass(frozen=True)
+class Placed:
+    """An instance as hooks see it: its function, its version's deployment key, and where it serves."""
+
+    function: str
+    key: str
+    instance_id: str
+    host: str
+    port: int
+    start_path: str
+
+
+Hook = Callable[[Placed], Awaitable[None]]
+Load = Callable[[], Awaitable[dict[str, int]]]
+"""In-flight requests per instance address (`host:port`), e.g. from the gateway."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +90,11 @@ class Instances:
     def __init__(self, db: Database, orchestrator: Orchestrator, settings: ScalingSettings | None = None) -> None:
         self._db, self._orchestrator = db, orchestrator
         self.settings = settings or ScalingSettings()
-        self.before_stop: list[BeforeStop] = []
+        self.after_start: list[Hook] = []
+        """Run once an instance is ready and recorded (the gateway registers it as a target)."""
+        self.before_stop: list[Hook] = []
+        """Run before an instance is stopped (the gateway drains it; its logs are collected)."""
+        self.load: Load | None = None
         self._pending: defaultdict[str, int] = defaultdict(int)
         """Provisions under way per function, counted against `max_instances`."""
         self._limits = asyncio.Lock()
@@ -141,6 +159,10 @@ class Instances:
             await self._orchestrator.stop_instance(version.deployment_key, endpoint.instance_id)
             raise
         RUNNING.inc()
+        await self._run_hooks(
+            self.after_start,
+            Placed(name, version.deployment_key, row.id, row.host, row.port, row.start_path),
+        )
         log.info(
             "instance ready",
             extra={"function": name, "version": version.version, "instance": row.id, "path": row.start_path,
@@ -148,7 +170,7 @@ class Instances:
         )  # fmt: skip
         return _instance(name, version.version, row, function.idle_timeout_seconds)
 
-    async def list(self, name: str) -> list[Instance]:
+    async def of_function(self, name: str) -> list[Instance]:
         async with self._db.read() as session:
             function = await store.function_row(session, name)
             rows = await session.execute(
@@ -175,11 +197,10 @@ class Instances:
         await self._stop(name, row.id, key, reason)
 
     async def _stop(self, name: str, instance_id: str, key: str | None, reason: str) -> None:
-        for hook in self.before_stop:
-            try:
-                await hook(name, instance_id)
-            except Exception:
-                log.warning("a before-stop hook failed", extra={"instance": instance_id}, exc_info=True)
+        async with self._db.read() as session:
+            row = await session.get(InstanceRow, instance_id)
+        if row is not None and key is not None:
+            await self._run_hooks(self.before_stop, Placed(name, key, row.id, row.host, row.port, row.start_path))
         if key is not None:
             try:
                 await self._orchestrator.stop_instance(key, instance_id)
@@ -191,6 +212,13 @@ class Instances:
             RUNNING.dec()
         STOPS.labels(reason).inc()
         log.info("instance stopped", extra={"function": name, "instance": instance_id, "reason": reason})
+
+    async def _run_hooks(self, hooks: list[Hook], placed: Placed) -> None:
+        for hook in hooks:
+            try:
+                await hook(placed)
+            except Exception as exc:
+                log.warning("an instance hook failed: %s", exc, extra={"instance": placed.instance_id})
 
     async def touch(self, activity: dict[str, datetime]) -> None:
         """Instances were active at the given times (the latest per instance)."""
@@ -218,6 +246,10 @@ class Instances:
             await self._stop(name, instance_id, key, "function deleted")
 
     # In the background -----------------------------------------------------------------------------------------
+
+    async def _function_names(self) -> list[tuple[str, str]]:
+        async with self._db.read() as session:
+            return [(i, n) for i, n in await session.execute(select(FunctionRow.id, FunctionRow.name))]
 
     def start(self) -> None:
         if self._loop_task is None:
@@ -253,6 +285,9 @@ class Instances:
             functions = (await session.scalars(select(FunctionRow))).all()
             rows = (await session.scalars(select(InstanceRow).order_by(InstanceRow.last_active_at.desc()))).all()
             keys = dict((await session.execute(select(VersionRow.id, VersionRow.deployment_key))).all())
+        load = await self._load()
+        busy = {row.id: now for row in rows if load.get(f"{row.host}:{row.port}", 0) > 0}
+        await self.touch(busy)
         by_function: defaultdict[str, list[InstanceRow]] = defaultdict(list)
         for row in rows:
             by_function[row.function_id].append(row)
@@ -260,15 +295,28 @@ class Instances:
             mine = by_function[function.id]
             idle_after = timedelta(seconds=function.idle_timeout_seconds)
             for row in mine[function.min_instances :]:
-                if store.aware(row.last_active_at) + idle_after <= now:
+                if row.id not in busy and store.aware(row.last_active_at) + idle_after <= now:
                     await self._stop(function.name, row.id, keys.get(row.version_id), "idle")
-            missing = function.min_instances - len(mine) - self._pending[function.id]
+            in_flight = sum(load.get(f"{row.host}:{row.port}", 0) for row in mine)
+            wanted = function.min_instances
+            if mine and in_flight >= len(mine) * function.concurrency:
+                wanted = max(wanted, len(mine) + 1)  # every instance is at its concurrency: add one
+            missing = min(wanted, function.max_instances) - len(mine) - self._pending[function.id]
             for _ in range(max(0, missing)):
                 try:
                     await self.provision(function.name)
                 except MortyError as exc:
                     log.debug("min_instances not met: %s", exc.message, extra={"function": function.name})
                     break
+
+    async def _load(self) -> dict[str, int]:
+        if self.load is None:
+            return {}
+        try:
+            return await self.load()
+        except Exception as exc:
+            log.info("no load figures: %s", exc)
+            return {}
 
     async def reconcile(self) -> None:
         async with self._db.read() as session:
@@ -282,6 +330,7 @@ class Instances:
                 )
             ).all()
             recorded = {row.id: row for row in (await session.scalars(select(InstanceRow))).all()}
+        keys_by_version = {version_id: key for version_id, _, key in versions}
         running: set[str] = set()
         adopted: list[InstanceRow] = []
         stamp = store.now()
@@ -309,5 +358,11 @@ class Instances:
             if gone:
                 await session.execute(delete(InstanceRow).where(InstanceRow.id.in_(gone)))
         log.info("instances reconciled", extra={"adopted": [r.id for r in adopted], "gone": gone})
+        names = {function_id: name for function_id, name in await self._function_names()}
+        for row in adopted:
+            key = keys_by_version.get(row.version_id)
+            if key is not None:
+                placed = Placed(names.get(row.function_id, ""), key, row.id, row.host, row.port, row.start_path)
+                await self._run_hooks(self.after_start, placed)
         async with self._db.read() as session:
             RUNNING.set(await session.scalar(select(func.count()).select_from(InstanceRow)) or 0)

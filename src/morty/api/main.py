@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--rik-url", default=env.rik_url, help="RIK controller URL; deploys versions and runs their instances"
     )
+    parser.add_argument("--gateway-url", default=env.gateway_url, help="the API gateway's management API URL")
     parser.add_argument("--log-level", default=os.environ.get("MORTY_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         s3_endpoint=args.s3_endpoint,
         registry=args.registry,
         rik_url=args.rik_url,
+        gateway_url=args.gateway_url,
     )
     orchestrator = RikOrchestrator(RikClient(settings.rik_url)) if settings.rik_url else None
     app = create_app(settings, orchestrator=orchestrator)

@@ -46,6 +46,11 @@ class Settings:
     snapshots: bool = True
     """VM versions are snapshotted once booted at deploy time, and instances restore that snapshot."""
     scaling_tick: float = 1.0
+    gateway_url: str = ""
+    """The API gateway's management API. Empty: no gateway; functions are reached through their instances."""
+    gateway_token: str | None = None
+    gateway_provision_url: str = ""
+    """Morty's `POST /v1/provision` as the gateway reaches it (default: `<public_url>/v1/provision`)."""
 
     @property
     def database(self) -> str:
@@ -80,4 +85,7 @@ class Settings:
             provision_timeout=float(env.get("MORTY_PROVISION_TIMEOUT", "120")),
             snapshots=env.get("MORTY_SNAPSHOTS", "1") not in ("0", "false", "no", "off"),
             scaling_tick=float(env.get("MORTY_SCALING_TICK", "1")),
+            gateway_url=env.get("MORTY_GATEWAY_URL", ""),
+            gateway_token=env.get("MORTY_GATEWAY_TOKEN") or None,
+            gateway_provision_url=env.get("MORTY_GATEWAY_PROVISION_URL", ""),
         )

@@ -16,7 +16,9 @@ router = APIRouter(prefix="/v1", tags=["aliases"], **AUTHENTICATED)
 @router.post("/functions/{name}/aliases", status_code=201, response_model=Alias, responses=errors(404, 409, 422))
 async def create_alias(name: str, request: AliasCreate, morty: Morty) -> Alias:
     async with morty.db.transaction() as session:
-        return await store.create_alias(session, name, request)
+        alias = await store.create_alias(session, name, request)
+    await morty.routes_changed(name)
+    return alias
 
 
 @router.get("/functions/{name}/aliases", response_model=AliasList, responses=errors(404))
@@ -35,13 +37,16 @@ async def get_alias(name: str, alias: str, morty: Morty) -> Alias:
 async def update_alias(name: str, alias: str, request: AliasUpdate, morty: Morty) -> Alias:
     """Point the alias at another version."""
     async with morty.db.transaction() as session:
-        return await store.update_alias(session, name, alias, request.version)
+        updated = await store.update_alias(session, name, alias, request.version)
+    await morty.routes_changed(name)
+    return updated
 
 
 @router.delete("/functions/{name}/aliases/{alias}", status_code=204, response_class=Response, responses=errors(404))
 async def delete_alias(name: str, alias: str, morty: Morty) -> Response:
     async with morty.db.transaction() as session:
         await store.delete_alias(session, name, alias)
+    await morty.routes_changed(name)
     return Response(status_code=204)
 
 

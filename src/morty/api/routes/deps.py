@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ from morty.api.builds import BuildQueue
 from morty.api.database import Database
 from morty.api.deployer import Deployer
 from morty.api.errors import Unauthorized
+from morty.api.gateway import Gateway, GatewayError
 from morty.api.instance_logs import InstanceLogs
 from morty.api.instances import Instances
 from morty.api.keys import SecretBox
@@ -20,6 +22,8 @@ from morty.api.models import ErrorBody
 from morty.api.settings import Settings
 from morty.orchestrators.base import Orchestrator
 from morty.storage.base import CodeStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,6 +38,17 @@ class MortyState:
     deployer: Deployer | None = None
     instances: Instances | None = None
     logs: InstanceLogs | None = None
+    gateway: Gateway | None = None
+
+    async def routes_changed(self, function: str) -> None:
+        """Bring the gateway's routes of `function` up to date; on failure the periodic sync catches up."""
+        if self.gateway is None:
+            return
+        try:
+            await self.gateway.sync_function(function)
+        except GatewayError as exc:
+            log.warning("gateway not updated; the periodic sync will retry: %s", exc, extra={"function": function})
+
     """Both None while no orchestrator is attached: versions are ready once built, and nothing runs them."""
 
 

@@ -42,6 +42,7 @@ async def update_function(name: str, patch: FunctionPatch, morty: Morty) -> Func
     """Change configuration fields; those left out keep their value."""
     async with morty.db.transaction() as session:
         function = await store.update_function(session, name, patch)
+    await morty.routes_changed(name)
     log.info("function updated", extra={"function": name, "fields": sorted(patch.model_fields_set)})
     return function
 
@@ -67,6 +68,7 @@ async def delete_function(name: str, morty: Morty) -> FunctionDeleted:
                 ) from None
     async with morty.db.transaction() as session:
         deleted, keys = await store.delete_function(session, name)
+    await morty.routes_changed(name)
     for key in keys:
         try:
             await morty.code_store.delete(key)

@@ -36,7 +36,7 @@ async def list_instances(name: str, morty: Morty) -> InstanceList:
     if morty.instances is None:
         await _instances(morty, name)
     assert morty.instances is not None
-    return InstanceList(items=await morty.instances.list(name))
+    return InstanceList(items=await morty.instances.of_function(name))
 
 
 @router.delete("/{instance_id}", status_code=204, responses=errors(404, 409, 503))

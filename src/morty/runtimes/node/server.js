@@ -106,7 +106,7 @@ function reply(res, id, { status, headers, bytes }) {
 async function main() {
   const handler = await loadHandler();
   const server = http.createServer((req, res) => {
-    const given = req.headers[INVOCATION_HEADER];
+    const given = req.headers[INVOCATION_HEADER] || req.headers['x-request-id'];
     const id = typeof given === 'string' && INVOCATION_ID.test(given) ? given : crypto.randomUUID().replace(/-/g, '');
     const chunks = [];
     let size = 0;

@@ -24,8 +24,9 @@ and TCP_NODELAY, whose per-request cost is dominated by ``email``-based header p
 asyncio with the handler in a thread pool sat between the two (2.8k-5.7k), which is why concurrency 1 (the default)
 calls the handler inline. An ``async def handler`` is awaited on the loop.
 
-Invocations: each request carries an invocation id in ``X-Morty-Invocation-Id`` (one is generated when absent or
-malformed), passed to the handler as ``request.invocation_id`` and echoed in the response.
+Invocations: each request carries an invocation id in ``X-Morty-Invocation-Id`` (else the gateway's ``X-Request-Id``;
+one is generated when both are absent or malformed), passed to the handler as ``request.invocation_id`` and echoed
+in the response.
 
 Output framing, the contract with alpha (``morty.alpha``): while a handler runs, every complete line it writes to
 ``sys.stdout`` or ``sys.stderr`` leaves the process as::
@@ -75,6 +76,8 @@ Request = morty_runtime.Request
 Response = morty_runtime.Response
 
 INVOCATION_HEADER = "X-Morty-Invocation-Id"
+REQUEST_ID_HEADER = "X-Request-Id"
+"""The gateway's request id, which its invocation record carries: the invocation id when no other is given."""
 FRAME_START = "\x1eMORTY "
 FRAME_SEPARATOR = "\x1f"
 MAX_HEAD = 64 * 1024
@@ -271,7 +274,7 @@ def _parse_head(head: bytes, client: tuple[str, int] | None) -> tuple[morty_runt
         query_string=query_string,
         query=QueryParams(parse_qsl(query_string, keep_blank_values=True)),
         headers=headers,
-        invocation_id=_invocation_id(headers.get(INVOCATION_HEADER)),
+        invocation_id=_invocation_id(headers.get(INVOCATION_HEADER) or headers.get(REQUEST_ID_HEADER)),
         client=client,
     )
     tokens = {token.strip().lower() for token in headers.get("connection", "").split(",")}
