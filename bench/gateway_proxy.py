@@ -49,6 +49,31 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0
+    cpu_us: float = 0.0  # CPU time of the proxy's worker processes per request
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of `pids` (the proxy under test), from /proc."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(line) for line in out.split()]
+
+
+def measured(url: str, pids: list[int], *, duration: int, connections: int, pin: bool = True) -> WrkResult:
+    """A wrk run plus the CPU the proxy's workers spent per request: a figure that, unlike req/s,
+    does not move much when other work on the machine steals cycles."""
+    before = cpu_seconds(pids)
+    result = wrk(url, duration=duration, connections=connections, pin=pin)
+    result.cpu_us = (cpu_seconds(pids) - before) / max(1, result.requests) * 1e6
+    return result
 
 
 def _ms(value: str) -> float:
@@ -69,7 +94,8 @@ def wrk(url: str, *, duration: int, connections: int, pin: bool = True) -> WrkRe
         errors += int(match.group(1))
     if match := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output):
         errors += sum(int(group) for group in match.groups())
-    return WrkResult(rps, p50, p99, errors)
+    total = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    return WrkResult(rps, p50, p99, errors, total)
 
 
 NGINX_UPSTREAM = """
@@ -132,18 +158,18 @@ def process(
 
 
 @contextmanager
-def nginx(config: str, name: str, workdir: Path, url: str, *, pin: str | None) -> Iterator[None]:
+def nginx(config: str, name: str, workdir: Path, url: str, *, pin: str | None) -> Iterator[list[int]]:
     path = workdir / f"{name}.conf"
     path.write_text(config)
     argv = ["nginx", "-c", str(path), "-p", str(workdir)]
     if pin:
         argv = ["taskset", "-c", pin, *argv]
-    with process(argv, workdir / f"{name}.log", url):
-        yield
+    with process(argv, workdir / f"{name}.log", url) as master:
+        yield children(master.pid)
 
 
 @contextmanager
-def gateway(workdir: Path, upstream: int, *, workers: int, pin: str | None) -> Iterator[tuple[str, str]]:
+def gateway(workdir: Path, upstream: int, *, workers: int, pin: str | None) -> Iterator[tuple[str, str, list[int]]]:
     port, admin_port = free_port(), free_port()
     database = workdir / f"gateway-{port}.db"
     argv = [sys.executable, "-m", "gateway", "--listen", f"127.0.0.1:{port}", "--admin-listen"]
@@ -163,7 +189,8 @@ def gateway(workdir: Path, upstream: int, *, workers: int, pin: str | None) -> I
                 for worker in client.get("/v1/stats").json()["workers"]:
                     subprocess.run(["taskset", "-p", "-c", pin, str(worker["pid"])], check=True, capture_output=True)
                 subprocess.run(["taskset", "-p", "-c", LOAD_CPU, str(management.pid)], check=True, capture_output=True)
-        yield f"http://127.0.0.1:{port}/", admin
+            pids = [int(worker["pid"]) for worker in client.get("/v1/stats").json()["workers"]]
+        yield f"http://127.0.0.1:{port}/", admin, pids
 
 
 class RouteChurn:
@@ -232,24 +259,25 @@ def main() -> None:
                 workdir,
                 ngx_url,
                 pin=PROXY_CPU,
-            ),
-            gateway(workdir, up_port, workers=1, pin=PROXY_CPU) as (gw_url, admin),
+            ) as ngx_pids,
+            gateway(workdir, up_port, workers=1, pin=PROXY_CPU) as (gw_url, admin, gw_pids),
         ):
             # Warm both (connection pools, caches).
             wrk(ngx_url, duration=2, connections=args.connections)
             wrk(gw_url, duration=2, connections=args.connections)
             for round_index in range(args.rounds):
                 if round_index % 2 == 0:
-                    ngx = wrk(ngx_url, duration=args.duration, connections=args.connections)
-                    gwr = wrk(gw_url, duration=args.duration, connections=args.connections)
+                    ngx = measured(ngx_url, ngx_pids, duration=args.duration, connections=args.connections)
+                    gwr = measured(gw_url, gw_pids, duration=args.duration, connections=args.connections)
                 else:
-                    gwr = wrk(gw_url, duration=args.duration, connections=args.connections)
-                    ngx = wrk(ngx_url, duration=args.duration, connections=args.connections)
+                    gwr = measured(gw_url, gw_pids, duration=args.duration, connections=args.connections)
+                    ngx = measured(ngx_url, ngx_pids, duration=args.duration, connections=args.connections)
                 pairs.append((ngx, gwr))
                 print(
                     f"round {round_index + 1}: nginx {ngx.rps:,.0f} req/s p50 {ngx.p50_ms:.2f} p99 {ngx.p99_ms:.2f} | "
                     f"gateway {gwr.rps:,.0f} req/s p50 {gwr.p50_ms:.2f} p99 {gwr.p99_ms:.2f} | "
-                    f"ratio {gwr.rps / ngx.rps:.2f} | errors {ngx.errors}/{gwr.errors}",
+                    f"ratio {gwr.rps / ngx.rps:.2f} | CPU/request {ngx.cpu_us:.0f}/{gwr.cpu_us:.0f} us | "
+                    f"errors {ngx.errors}/{gwr.errors}",
                     flush=True,
                 )
             # Added latency with one connection: through the gateway versus straight to the upstream.
@@ -260,6 +288,7 @@ def main() -> None:
                 added.append(through.p50_ms - direct.p50_ms)
             # Throughput under 100 route changes a second, alternating with quiet runs.
             quiet_runs, churn_runs, churn_errors, churn_applied, churn_failed = [], [], 0, 0, 0
+            churn_seconds = 0.0
             change_latencies: list[float] = []
             for _ in range(args.rounds):
                 quiet_runs.append(wrk(gw_url, duration=args.duration, connections=args.connections).rps)
@@ -269,6 +298,7 @@ def main() -> None:
                 churn_errors += result.errors
                 churn_applied += churn.applied
                 churn_failed += churn.failed
+                churn_seconds += churn.elapsed
                 change_latencies += churn.latencies
                 print(
                     f"churn: quiet {quiet_runs[-1]:,.0f} req/s, with {churn.applied / churn.elapsed:.0f} changes/s "
@@ -288,7 +318,7 @@ def main() -> None:
                     ngx2_url,
                     pin=None,
                 ),
-                gateway(workdir, up_port, workers=2, pin=None) as (gw2_url, _),
+                gateway(workdir, up_port, workers=2, pin=None) as (gw2_url, _, _),
             ):
                 ngx_all = wrk(ngx2_url, duration=args.duration, connections=args.connections, pin=False)
                 gw_all = wrk(gw2_url, duration=args.duration, connections=args.connections, pin=False)
@@ -297,18 +327,29 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
     ratios = [g.rps / n.rps for n, g in pairs]
+    cpu_ratios = [n.cpu_us / g.cpu_us for n, g in pairs if g.cpu_us > 0]
     ngx_rps = statistics.median(n.rps for n, _ in pairs)
     gw_rps = statistics.median(g.rps for _, g in pairs)
     quiet, churned = statistics.median(quiet_runs), statistics.median(churn_runs)
     drop = (quiet - churned) / quiet
+    churn_rate = churn_applied / churn_seconds
     rows = [
         ("nginx proxy_pass: req/s, p50/p99", f"{ngx_rps:,.0f}  {_median_p(pairs, 0)}"),
         ("gateway: req/s, p50/p99", f"{gw_rps:,.0f}  {_median_p(pairs, 1)}"),
         ("ratio gateway / nginx (median of pairs)", f"{statistics.median(ratios):.2f}  (pairs {_span(ratios)})"),
+        (
+            "CPU per request nginx / gateway (median)",
+            f"{statistics.median(n.cpu_us for n, _ in pairs):.0f} / "
+            f"{statistics.median(g.cpu_us for _, g in pairs):.0f} us"
+            f"  (efficiency ratio {statistics.median(cpu_ratios):.2f}, pairs {_span(cpu_ratios)})",
+        ),
         ("added latency at p50, 1 connection", f"{statistics.median(added):.3f} ms  (runs {_span(added)})"),
         ("route changes applied / failed", f"{churn_applied} / {churn_failed}"),
         ("route change latency p50", f"{statistics.median(change_latencies) * 1000:.1f} ms"),
-        ("throughput quiet / with 100 changes/s", f"{quiet:,.0f} / {churned:,.0f}  (drop {drop * 100:.1f} %)"),
+        (
+            f"throughput quiet / with {churn_rate:.0f} changes/s",
+            f"{quiet:,.0f} / {churned:,.0f}  (drop {drop * 100:.1f} %)",
+        ),
         ("errors during changes", str(churn_errors)),
     ]
     figures = {
@@ -316,10 +357,16 @@ def main() -> None:
         "gateway_rps": gw_rps,
         "ratio": statistics.median(ratios),
         "ratios": ratios,
+        "cpu_us_per_request": {
+            "nginx": statistics.median(n.cpu_us for n, _ in pairs),
+            "gateway": statistics.median(g.cpu_us for _, g in pairs),
+        },
+        "cpu_efficiency_ratio": statistics.median(cpu_ratios),
         "added_p50_ms": statistics.median(added),
         "churn_drop": drop,
         "churn_errors": churn_errors,
         "changes_applied": churn_applied,
+        "changes_per_s": churn_rate,
     }
     if all_cores is not None:
         ngx_all, gw_all = all_cores
