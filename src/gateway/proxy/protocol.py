@@ -38,7 +38,18 @@ MAX_HEADER_BYTES = 32 * 1024
 MAX_HEADERS = 100
 HEADER_TIMEOUT_S = 30.0
 KEEPALIVE_TIMEOUT_S = 75.0
-DROPPED_RESPONSE_HEADERS = frozenset({b"keep-alive", b"proxy-connection", b"trailer"})
+_LENGTH, _REQUEST_ID, _CHUNKED, _CONNECTION, _UPGRADE, _DROP = range(6)
+# Response headers the proxy reads or drops (hop-by-hop); every other one is forwarded unchanged.
+RESPONSE_HEADER_KINDS = {
+    b"content-length": _LENGTH,
+    b"x-request-id": _REQUEST_ID,
+    b"transfer-encoding": _CHUNKED,
+    b"connection": _CONNECTION,
+    b"upgrade": _UPGRADE,
+    b"keep-alive": _DROP,
+    b"proxy-connection": _DROP,
+    b"trailer": _DROP,
+}
 
 
 class Rejected(Exception):
@@ -188,7 +199,9 @@ class ClientConnection(asyncio.Protocol):
         exchange = self.parsing
         assert exchange is not None
         name = name.lower()
-        exchange.headers.append((name, value))
+        if name not in REWRITTEN:
+            # Forwarded as is: the upstream request head is built here, header by header.
+            exchange.headers += (name, b": ", value, b"\r\n")
         headers = exchange.hmap
         if name in headers:
             if name == b"host" or name == b"content-length" or name == b"transfer-encoding":
@@ -313,8 +326,13 @@ class Exchange:
         "replay",
         "request_done",
         "request_id",
+        "resp_chunked",
+        "resp_close",
         "resp_close_delimited",
         "resp_headers",
+        "resp_length",
+        "resp_request_id",
+        "resp_upgrade",
         "route",
         "sent_at",
         "start_path",
@@ -332,7 +350,8 @@ class Exchange:
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
         self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        # Request header lines to forward (name, ": ", value, CRLF), and every header by lowercase name.
+        self.headers: list[bytes] = []
         self.hmap: dict[bytes, bytes] = {}
         self.method = b"GET"
         self.keep_alive = True
@@ -354,7 +373,13 @@ class Exchange:
         self.expect = False
         self.body_in = 0
         self.bytes_out = 0
-        self.resp_headers: list[tuple[bytes, bytes]] = []
+        # The response head as it arrives: forwarded header lines, and what the proxy noted on the way.
+        self.resp_headers: list[bytes] = []
+        self.resp_length: bytes | None = None
+        self.resp_upgrade: bytes | None = None
+        self.resp_chunked = False
+        self.resp_close = False
+        self.resp_request_id = False
         # Response bytes for the client collected during one upstream read, written with one syscall.
         self.out: list[bytes] = []
         self.headers_sent = False
@@ -479,10 +504,7 @@ class Exchange:
         hmap = self.hmap
         host = hmap.get(b"host", b"")
         forwarded_for = hmap.get(b"x-forwarded-for")
-        parts = [self.method, b" ", url, b" HTTP/1.1\r\n"]
-        for name, value in self.headers:
-            if name not in REWRITTEN:
-                parts += (name, b": ", value, b"\r\n")
+        parts = [self.method, b" ", url, b" HTTP/1.1\r\n", *self.headers]
         node = b'"[%s]"' % peer if b":" in peer else peer
         parts += (
             b"x-forwarded-for: ",
@@ -620,10 +642,15 @@ class Exchange:
                 return
         self.respond(status, message)
 
+    def forget_response_headers(self) -> None:
+        self.resp_headers = []
+        self.resp_length = self.resp_upgrade = None
+        self.resp_chunked = self.resp_close = self.resp_request_id = False
+
     def _forget_response(self) -> None:
         """Drop a response head that was received but never written (before a retry or an error)."""
         self.out = []
-        self.resp_headers.clear()
+        self.forget_response_headers()
         self.status = 0
         self.hold_head = self.chunked_out = self.resp_close_delimited = False
 
@@ -725,27 +752,34 @@ class Exchange:
 
     # Response
 
+    def response_header(self, name: bytes, value: bytes) -> None:
+        """One upstream response header: forwarded as is unless the proxy must look at it or drop it."""
+        lower = name.lower()
+        kind = RESPONSE_HEADER_KINDS.get(lower)
+        if kind is None:
+            self.resp_headers += (name, b": ", value, b"\r\n")
+        elif kind == _LENGTH:
+            self.resp_length = value
+            self.resp_headers += (name, b": ", value, b"\r\n")
+        elif kind == _REQUEST_ID:
+            self.resp_request_id = True
+            self.resp_headers += (name, b": ", value, b"\r\n")
+        elif kind == _CHUNKED:
+            self.resp_chunked = True
+        elif kind == _CONNECTION:
+            self.resp_close = self.resp_close or b"close" in value.lower()
+        elif kind == _UPGRADE:
+            self.resp_upgrade = value
+
     def response_head(self, status: int, http11: bool) -> None:
         self.status = status
-        content_length = None
-        chunked = False
-        close = not http11
-        has_request_id = False
-        parts = [status_line(status)]
-        for name, value in self.resp_headers:
-            if name == b"x-request-id":
-                has_request_id = True
-            elif name == b"content-length":
-                content_length = value
-            elif name == b"transfer-encoding":
-                chunked = True
-                continue
-            elif name == b"connection":
-                close = close or b"close" in value.lower()
-                continue
-            elif name in DROPPED_RESPONSE_HEADERS or (name == b"upgrade" and status != 101):
-                continue
-            parts += (name, b": ", value, b"\r\n")
+        content_length = self.resp_length
+        chunked = self.resp_chunked
+        close = self.resp_close or not http11
+        parts = self.resp_headers
+        parts.insert(0, status_line(status))
+        if status == 101 and self.resp_upgrade is not None:
+            parts += (b"upgrade: ", self.resp_upgrade, b"\r\n")
         self.upstream_head_keep_alive = not close
         no_body = self.method == b"HEAD" or status == 204 or status == 304 or status == 101
         if status == 101:
@@ -757,7 +791,7 @@ class Exchange:
             else:
                 self.chunked_out = True
                 parts.append(b"transfer-encoding: chunked\r\n")
-        if not has_request_id:
+        if not self.resp_request_id:
             parts += (b"x-request-id: ", self.request_id, b"\r\n")
         if status != 101:
             if self.client.shutting_down:

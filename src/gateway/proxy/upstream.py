@@ -121,7 +121,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         exchange = self.exchange
         if exchange is not None:
-            exchange.resp_headers.append((name.lower(), value))
+            exchange.response_header(name, value)
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
@@ -131,7 +131,7 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= status < 200 and status != 101:
             # An interim response (we never forward Expect, but an upstream may still send 100).
             self.interim = True
-            exchange.resp_headers.clear()
+            exchange.forget_response_headers()
             return
         exchange.response_head(status, self.parser.get_http_version() == "1.1")
         if exchange.method == b"HEAD" and self.exchange is exchange:
