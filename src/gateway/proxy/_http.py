@@ -43,3 +43,17 @@ def error_response(
     if not head_only:
         parts.append(body)
     return b"".join(parts)
+
+
+# Response headers the proxy reads or drops (hop-by-hop); every other one is forwarded unchanged.
+H_LENGTH, H_REQUEST_ID, H_CHUNKED, H_CONNECTION, H_UPGRADE, H_DROP = range(6)
+RESPONSE_HEADER_KINDS = {
+    b"content-length": H_LENGTH,
+    b"x-request-id": H_REQUEST_ID,
+    b"transfer-encoding": H_CHUNKED,
+    b"connection": H_CONNECTION,
+    b"upgrade": H_UPGRADE,
+    b"keep-alive": H_DROP,
+    b"proxy-connection": H_DROP,
+    b"trailer": H_DROP,
+}

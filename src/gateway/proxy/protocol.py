@@ -21,7 +21,20 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from gateway.proxy._http import CONTINUE, IDEMPOTENT, LAST_CHUNK, REWRITTEN, error_response, status_line
+from gateway.proxy._http import (
+    CONTINUE,
+    H_CHUNKED,
+    H_CONNECTION,
+    H_LENGTH,
+    H_REQUEST_ID,
+    H_UPGRADE,
+    IDEMPOTENT,
+    LAST_CHUNK,
+    RESPONSE_HEADER_KINDS,
+    REWRITTEN,
+    error_response,
+    status_line,
+)
 from gateway.proxy.clock import CLOCK
 from gateway.proxy.upstream import UpstreamConnection
 
@@ -38,18 +51,6 @@ MAX_HEADER_BYTES = 32 * 1024
 MAX_HEADERS = 100
 HEADER_TIMEOUT_S = 30.0
 KEEPALIVE_TIMEOUT_S = 75.0
-_LENGTH, _REQUEST_ID, _CHUNKED, _CONNECTION, _UPGRADE, _DROP = range(6)
-# Response headers the proxy reads or drops (hop-by-hop); every other one is forwarded unchanged.
-RESPONSE_HEADER_KINDS = {
-    b"content-length": _LENGTH,
-    b"x-request-id": _REQUEST_ID,
-    b"transfer-encoding": _CHUNKED,
-    b"connection": _CONNECTION,
-    b"upgrade": _UPGRADE,
-    b"keep-alive": _DROP,
-    b"proxy-connection": _DROP,
-    b"trailer": _DROP,
-}
 
 
 class Rejected(Exception):
@@ -758,17 +759,17 @@ class Exchange:
         kind = RESPONSE_HEADER_KINDS.get(lower)
         if kind is None:
             self.resp_headers += (name, b": ", value, b"\r\n")
-        elif kind == _LENGTH:
+        elif kind == H_LENGTH:
             self.resp_length = value
             self.resp_headers += (name, b": ", value, b"\r\n")
-        elif kind == _REQUEST_ID:
+        elif kind == H_REQUEST_ID:
             self.resp_request_id = True
             self.resp_headers += (name, b": ", value, b"\r\n")
-        elif kind == _CHUNKED:
+        elif kind == H_CHUNKED:
             self.resp_chunked = True
-        elif kind == _CONNECTION:
+        elif kind == H_CONNECTION:
             self.resp_close = self.resp_close or b"close" in value.lower()
-        elif kind == _UPGRADE:
+        elif kind == H_UPGRADE:
             self.resp_upgrade = value
 
     def response_head(self, status: int, http11: bool) -> None:

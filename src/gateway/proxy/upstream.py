@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from gateway.proxy._http import RESPONSE_HEADER_KINDS
 from gateway.proxy.clock import CLOCK
 
 if TYPE_CHECKING:
@@ -119,8 +120,14 @@ class UpstreamConnection(asyncio.Protocol):
     # Parser callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Exchange.response_header, inlined: this runs for every response header.
         exchange = self.exchange
-        if exchange is not None:
+        if exchange is None:
+            return
+        kind = RESPONSE_HEADER_KINDS.get(name.lower())
+        if kind is None:
+            exchange.resp_headers += (name, b": ", value, b"\r\n")
+        else:
             exchange.response_header(name, value)
 
     def on_headers_complete(self) -> None:
