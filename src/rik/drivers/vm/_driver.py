@@ -15,7 +15,9 @@ and `<run_dir>/<key>.qmp`, the QMP socket (kept short: unix socket paths are lim
 
 A snapshot directory holds `state` (the migration stream), `disk.qcow2` (the instance's overlay at that
 moment), `base.ext4` (a hard link to, or copy of, the root disk it is backed by), `config.img`, the kernel
-and initramfs, and `snapshot.json`. A restore gives each clone its own overlay backed by `disk.qcow2`.
+and initramfs, and `snapshot.json`. A restore gives each clone its own overlay backed by `disk.qcow2`: a
+copy of `clone-<hash>.qcow2`, the empty overlay made by the snapshot's first restore (the hash is of the
+absolute path of `disk.qcow2`, which the overlay names as its backing file).
 """
 
 from __future__ import annotations
@@ -413,14 +415,15 @@ class VMDriver:
                 steps.mark("serving")
                 return pid
 
-            async def expose() -> list[PortBinding]:
-                # Host port forwards need only the instance's address: set up from the start, off the path.
+            async def beside() -> list[PortBinding]:
+                # Host port forwards need only the instance's address, the machine record (for snapshots of
+                # this instance) nothing: both are done from the start, off the VM's path.
                 bindings = await self._network.expose(request.id, attachment.ip, spec.ports)
                 steps.mark("exposed")
+                await asyncio.to_thread(self._write_machine, paths, machine)
                 return bindings
 
-            pid, bindings = await _both(vm(), expose())
-            await asyncio.to_thread(self._write_machine, paths, machine)
+            pid, bindings = await _both(vm(), beside())
         except NetworkError as exc:
             await self._cleanup_after_failure(request.id)
             raise DriverError(exc.reason, exc.message) from exc
