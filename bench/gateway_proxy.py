@@ -289,11 +289,16 @@ def main() -> None:
             # Throughput under 100 route changes a second, alternating with quiet runs.
             quiet_runs, churn_runs, churn_errors, churn_applied, churn_failed = [], [], 0, 0, 0
             churn_seconds = 0.0
+            quiet_cpu: list[float] = []
+            churn_cpu: list[float] = []
             change_latencies: list[float] = []
             for _ in range(args.rounds):
-                quiet_runs.append(wrk(gw_url, duration=args.duration, connections=args.connections).rps)
+                calm = measured(gw_url, gw_pids, duration=args.duration, connections=args.connections)
+                quiet_runs.append(calm.rps)
+                quiet_cpu.append(calm.cpu_us)
                 with RouteChurn(admin, 100) as churn:
-                    result = wrk(gw_url, duration=args.duration, connections=args.connections)
+                    result = measured(gw_url, gw_pids, duration=args.duration, connections=args.connections)
+                churn_cpu.append(result.cpu_us)
                 churn_runs.append(result.rps)
                 churn_errors += result.errors
                 churn_applied += churn.applied
@@ -351,6 +356,10 @@ def main() -> None:
             f"{quiet:,.0f} / {churned:,.0f}  (drop {drop * 100:.1f} %)",
         ),
         ("errors during changes", str(churn_errors)),
+        (
+            "worker CPU per request quiet / during changes",
+            f"{statistics.median(quiet_cpu):.0f} / {statistics.median(churn_cpu):.0f} us",
+        ),
     ]
     figures = {
         "nginx_rps": ngx_rps,
@@ -365,6 +374,8 @@ def main() -> None:
         "added_p50_ms": statistics.median(added),
         "churn_drop": drop,
         "churn_errors": churn_errors,
+        "worker_cpu_us_quiet": statistics.median(quiet_cpu),
+        "worker_cpu_us_churn": statistics.median(churn_cpu),
         "changes_applied": churn_applied,
         "changes_per_s": churn_rate,
     }
