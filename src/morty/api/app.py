@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 from fastapi.responses import Response
@@ -176,6 +177,7 @@ def create_app(
                 provision_url=settings.gateway_provision_url or f"{settings.public_url}/v1/provision",
                 provision_token=token,
                 provision_timeout_s=settings.provision_timeout,
+                api_address=urlsplit(settings.public_url).netloc or None,
             ),
         )
         _attach_gateway(gateway, instances, deployer)

@@ -40,6 +40,9 @@ class GatewaySettings:
     """Morty's `POST /v1/provision`, as the gateway reaches it."""
     provision_token: str
     provision_timeout_s: float = 120.0
+    api_address: str | None = None
+    """Morty APIs' `host:port` as the gateway reaches it: the gateway forwards `/v1` there (management traffic
+    goes through the gateway; Morty checks the token itself)."""
 
 
 class GatewayError(Exception):
@@ -171,7 +174,18 @@ class Gateway:
                 await self._call("DELETE", f"/v1/services/{quote(service['name'], safe='')}")
         log.info("gateway synced", extra={"function": name, "routes": sorted(wanted_routes)})
 
+    async def publish_api(self) -> None:
+        if self.settings.api_address is None:
+            return
+        await self._call("PUT", "/v1/services/morty.api", {"policy": "round_robin", "read_timeout_s": 600})
+        await self._call("POST", "/v1/services/morty.api/targets", {"address": self.settings.api_address})
+        await self._call(
+            "PUT", "/v1/routes/morty.api",
+            {"service": "morty.api", "path_prefix": "/v1", "priority": 10, "read_timeout_s": 600},
+        )  # fmt: skip
+
     async def sync_all(self) -> None:
+        await self.publish_api()
         async with self._db.read() as session:
             names = list((await session.scalars(select(FunctionRow.name))).all())
         for name in names:

@@ -18,6 +18,8 @@ from morty.api.settings import Settings
 from morty.builder.base import BaseImage, ensure_base_image
 from morty.orchestrators.rik import RikOrchestrator
 from rik.client import RikClient
+from tests.gateway.helpers import TOKEN as GATEWAY_TOKEN
+from tests.gateway.helpers import GatewayProcess, gateway_process
 from tests.rik.e2e._cluster import Cluster
 from tests.rik.e2e.conftest import _bytecode_cache, cluster, e2e_image, image
 from tests.support.registry import free_tcp_port
@@ -25,6 +27,7 @@ from tests.support.services import served
 
 __all__ = ["_bytecode_cache", "cluster", "e2e_image", "image"]
 TOKEN = "e2e-token-0123456789"
+"""Morty's management token in every fixture here."""
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +78,36 @@ async def platform(cluster: Cluster, registry: str, base: BaseImage, tmp_path: P
         auth = {"Authorization": f"Bearer {TOKEN}"}
         async with served(app, port) as url, httpx.AsyncClient(base_url=url, timeout=300, headers=auth) as api:
             yield Platform(api, rik, cluster, registry, settings.data_dir, app)
+
+
+@dataclass
+class Stack:
+    api: httpx.AsyncClient
+    gateway: GatewayProcess
+    app: Any
+
+
+@pytest.fixture
+async def stack(cluster: Cluster, registry: str, base: BaseImage, tmp_path: Path) -> AsyncIterator[Stack]:
+    cluster.start_controller()
+    cluster.start_riklet("n1")
+    port = free_tcp_port()
+    sink = ["--sink", f"http://127.0.0.1:{port}/v1/gateway/records", "--sink-token", TOKEN]
+    with gateway_process(tmp_path / "gateway", extra=sink) as gateway:
+        settings = dataclasses.replace(
+            Settings(),
+            data_dir=tmp_path / "morty",
+            database_url=f"sqlite:///{tmp_path / 'morty.db'}",
+            public_url=f"http://127.0.0.1:{port}",
+            token=TOKEN,
+            registry=registry,
+            build_cache_dir=base.layout.parent.parent,
+            scaling_tick=0.25,
+            gateway_url=gateway.admin,
+            gateway_token=GATEWAY_TOKEN,
+        )
+        async with RikClient(cluster.url) as rik:
+            app = create_app(settings, orchestrator=RikOrchestrator(rik))
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            async with served(app, port) as url, httpx.AsyncClient(base_url=url, timeout=300, headers=auth) as api:
+                yield Stack(api, gateway, app)

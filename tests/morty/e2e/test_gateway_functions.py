@@ -7,30 +7,17 @@ provisions again; deleting the function removes its routes."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import io
 import zipfile
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from morty.api.app import create_app
-from morty.api.settings import Settings
-from morty.builder.base import BaseImage
-from morty.orchestrators.rik import RikOrchestrator
-from rik.client import RikClient
 from tests.gateway.helpers import TOKEN as GATEWAY_TOKEN
-from tests.gateway.helpers import GatewayProcess, gateway_process
-from tests.rik.e2e._cluster import Cluster
-from tests.support.registry import free_tcp_port
-from tests.support.services import served
+from tests.morty.e2e.conftest import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
-TOKEN = "gw-e2e-token-0123456789"
 HANDLER = """\
 import os
 
@@ -39,39 +26,6 @@ def handler(request):
     print("served", request.query.get("n"))
     return {"version": os.environ["MORTY_VERSION"], "n": request.query.get("n"), "path": request.path}
 """
-
-
-@dataclass
-class Stack:
-    api: httpx.AsyncClient
-    gateway: GatewayProcess
-    app: Any
-
-
-@pytest.fixture
-async def stack(cluster: Cluster, registry: str, base: BaseImage, tmp_path: Path) -> AsyncIterator[Stack]:
-    cluster.start_controller()
-    cluster.start_riklet("n1")
-    port = free_tcp_port()
-    sink = ["--sink", f"http://127.0.0.1:{port}/v1/gateway/records", "--sink-token", TOKEN]
-    with gateway_process(tmp_path / "gateway", extra=sink) as gateway:
-        settings = dataclasses.replace(
-            Settings(),
-            data_dir=tmp_path / "morty",
-            database_url=f"sqlite:///{tmp_path / 'morty.db'}",
-            public_url=f"http://127.0.0.1:{port}",
-            token=TOKEN,
-            registry=registry,
-            build_cache_dir=base.layout.parent.parent,
-            scaling_tick=0.25,
-            gateway_url=gateway.admin,
-            gateway_token=GATEWAY_TOKEN,
-        )
-        async with RikClient(cluster.url) as rik:
-            app = create_app(settings, orchestrator=RikOrchestrator(rik))
-            auth = {"Authorization": f"Bearer {TOKEN}"}
-            async with served(app, port) as url, httpx.AsyncClient(base_url=url, timeout=300, headers=auth) as api:
-                yield Stack(api, gateway, app)
 
 
 async def _until(check: Any, what: str, within: float = 120) -> Any:

@@ -1,0 +1,3 @@
+from morty.cli.main import main
+
+main()

@@ -1,0 +1,142 @@
+"""The `morty` CLI as a user runs it (a subprocess), against the whole platform (gateway, Morty APIs, RIK): every
+command's output and exit code, `-o json` parsing with its documented fields, and one-line errors with exit
+codes that mean something (1 refused, 2 bad input, 3 unreachable)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.morty.e2e.conftest import TOKEN, Stack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
+MORTY = [sys.executable, "-m", "morty.cli"]
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+async def morty(env: dict[str, str], *args: str, stdin: str | None = None) -> Run:
+    """Run the CLI in a thread: Morty APIs are served by this test's event loop, which must keep running."""
+    done = await asyncio.to_thread(
+        subprocess.run, [*MORTY, *args], env=env, capture_output=True, text=True, timeout=600, input=stdin, check=False
+    )
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+def ok(run: Run) -> Run:
+    assert run.code == 0, f"exit {run.code}\n{run.stdout}\n{run.stderr}"
+    return run
+
+
+async def test_every_cli_command_as_a_user_runs_it(stack: Stack, tmp_path: Path) -> None:
+    url = stack.gateway.proxy
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MORTY_")}
+    env["MORTY_CONFIG"] = str(tmp_path / "config.yaml")
+
+    # Management goes through the gateway: wait for Morty's /v1 route there.
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        for _ in range(300):
+            if (await client.get("/v1/runtimes")).status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the gateway never forwarded /v1 to Morty APIs")
+
+    # Contexts.
+    assert "no context" in (await morty(env, "config", "use-context", "nope")).stderr
+    ok(await morty(env, "config", "set-context", "local", "--url", url, "--token", TOKEN))
+    current = ok(await morty(env, "config", "current-context", "-o", "json")).json()
+    assert current == {"name": "local", "url": url, "token_set": True}
+    contexts = ok(await morty(env, "config", "get-contexts", "-o", "json")).json()["items"]
+    assert contexts == [{"current": "*", "name": "local", "url": url}]
+    assert "local" in ok(await morty(env, "config", "get-contexts")).stdout
+
+    runtimes = ok(await morty(env, "runtimes", "-o", "json")).json()["items"]
+    assert {r["name"] for r in runtimes} >= {"python3.11", "node18"}
+    assert "python3.11" in ok(await morty(env, "runtimes")).stdout
+
+    # init -> deploy -> invoke -> logs.
+    project = tmp_path / "hello"
+    ok(await morty(env, "init", "hello", "--runtime", "python3.11", "--dir", str(project)))
+    assert (project / "main.py").is_file() and 'name: "hello"' in (project / "morty.yaml").read_text()
+    with (project / "morty.yaml").open("a") as config:
+        config.write("isolation: container\nidle_timeout: 600\n")
+    deployed = ok(await morty(env, "deploy", str(project), "-o", "json")).json()
+    assert deployed == {"function": "hello", "version": "0.1.0", "status": "ready", "url": f"{url}/fn/hello"}
+
+    invoked = ok(await morty(env, "invoke", "hello", "-q", "name=Ada", "-v"))
+    assert json.loads(invoked.stdout) == {"message": "Hello, Ada!"}
+    found = re.search(r"^200 OK in [0-9.]+ ms \(invocation (\S+)\)", invoked.stderr, re.MULTILINE)
+    assert found, invoked.stderr
+    invocation = found.group(1)
+    lines = [
+        json.loads(line)
+        for line in ok(await morty(env, "logs", "hello", "-i", invocation, "-o", "json")).stdout.splitlines()
+    ]
+    assert [line["line"] for line in lines] == ["greeting Ada"] and lines[0]["invocation"] == invocation
+    assert "greeting Ada" in ok(await morty(env, "logs", "hello")).stdout
+    posted = ok(await morty(env, "invoke", "hello", "-X", "POST", "-d", "@" + str(project / "morty.yaml")))
+    assert json.loads(posted.stdout) == {"message": "Hello, world!"}
+
+    # list, describe, versions.
+    listed = ok(await morty(env, "list", "-o", "json")).json()["items"]
+    assert [(f["name"], f["runtime"], f["latest_version"]) for f in listed] == [("hello", "python3.11", "0.1.0")]
+    assert re.search(r"hello\s+python3.11\s+0.1.0", ok(await morty(env, "list")).stdout)
+    described = ok(await morty(env, "describe", "hello", "-o", "json")).json()
+    assert set(described) == {"function", "versions", "aliases", "instances"}
+    assert described["function"]["isolation"] == "container" and len(described["instances"]) == 1
+    assert "versions:       0.1.0 (ready)" in ok(await morty(env, "describe", "hello")).stdout
+
+    # A second version, then an alias on the first.
+    second = ok(await morty(env, "deploy", str(project), "-o", "json")).json()
+    assert second["version"] == "0.1.1"
+    versions = ok(await morty(env, "versions", "hello", "-o", "json")).json()["items"]
+    assert [v["version"] for v in versions] == ["0.1.1", "0.1.0"]
+    ok(await morty(env, "alias", "set", "hello", "prod", "0.1.0"))
+    assert ok(await morty(env, "alias", "list", "hello", "-o", "json")).json()["items"][0]["version"] == "0.1.0"
+    ok(await morty(env, "alias", "set", "hello", "prod", "0.1.1"))
+    assert "prod" in ok(await morty(env, "alias", "list", "hello")).stdout
+    assert json.loads(ok(await morty(env, "invoke", "hello", "--version", "prod")).stdout) == {
+        "message": "Hello, world!"
+    }
+    ok(await morty(env, "alias", "delete", "hello", "prod"))
+
+    # scale, secrets.
+    scaled = ok(await morty(env, "scale", "hello", "--min", "0", "--max", "3", "-o", "json")).json()
+    assert (scaled["min_instances"], scaled["max_instances"]) == (0, 3)
+    ok(await morty(env, "secrets", "set", "hello", "API_KEY", stdin="v3ry-s3cret\n"))
+    secrets = ok(await morty(env, "secrets", "list", "hello", "-o", "json"))
+    assert [s["name"] for s in secrets.json()["items"]] == ["API_KEY"] and "v3ry-s3cret" not in secrets.stdout
+    ok(await morty(env, "secrets", "delete", "hello", "API_KEY"))
+
+    # Errors: one line, meaningful exit codes.
+    missing = await morty(env, "describe", "nope")
+    assert missing.code == 1 and missing.stderr.strip().startswith("error: 404:") and "Traceback" not in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    bad_header = await morty(env, "invoke", "hello", "-H", "no-colon")
+    assert bad_header.code == 2 and "is not 'Name: value'" in bad_header.stderr
+    assert (await morty(env, "deploy", str(tmp_path / "nowhere"))).code == 2
+    unreachable = await morty({**env, "MORTY_URL": "http://127.0.0.1:9"}, "list")
+    assert unreachable.code == 3 and "cannot reach" in unreachable.stderr
+    assert (await morty(env, "scale", "hello")).code == 2
+
+    ok(await morty(env, "delete", "hello", "--yes"))
+    assert ok(await morty(env, "list", "-o", "json")).json()["items"] == []
