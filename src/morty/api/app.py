@@ -126,12 +126,15 @@ def _attach_gateway(gateway: Gateway, instances: Instances, deployer: Deployer) 
 
 
 async def _sync_gateway(gateway: Gateway) -> None:
+    """Every `GATEWAY_SYNC_INTERVAL`; every 2 s while the gateway does not answer (e.g. it starts after us)."""
     while True:
         try:
             await gateway.sync_all()
+            delay = GATEWAY_SYNC_INTERVAL
         except GatewayError as exc:
             log.warning("gateway sync failed: %s", exc)
-        await asyncio.sleep(GATEWAY_SYNC_INTERVAL)
+            delay = 2.0
+        await asyncio.sleep(delay)
 
 
 def create_app(

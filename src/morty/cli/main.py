@@ -8,6 +8,9 @@ Every listing takes `-o json` for scripts; errors are one line on stderr (`--deb
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 import time
 from enum import StrEnum
@@ -21,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from morty.cli import config as cli_config
+from morty.cli import platform
 from morty.cli.client import Api, CliError
 from morty.cli.package import function_config, read_config, zip_directory
 
@@ -305,12 +309,16 @@ def invoke(
         else:
             body = data.encode()
     api = _api()
+    # A plain client: the management token is never sent to a function.
+    plain = httpx.Client(base_url=api.context.url, timeout=api.http.timeout, trust_env=False)
     target = f"/fn/{name}" + (f"@{version}" if version else "") + ("" if path == "/" else "/" + path.lstrip("/"))
     started = time.perf_counter()
     try:
-        response = api.http.request(method.upper(), target, params=params, content=body, headers=headers)
+        response = plain.request(method.upper(), target, params=params, content=body, headers=headers)
     except httpx.TransportError as exc:
         raise CliError(f"cannot reach {api.context.url}: {exc}", 3) from None
+    finally:
+        plain.close()
     elapsed = (time.perf_counter() - started) * 1000
     if verbose:
         invocation = response.headers.get("x-morty-invocation-id") or response.headers.get("x-request-id") or "-"
@@ -454,6 +462,116 @@ def get_contexts(output: OutputOption = Output.TABLE) -> None:
         for name, entry in sorted(data["contexts"].items())
     ]
     _emit({"items": rows}, output, [("CURRENT", "current"), ("NAME", "name"), ("URL", "url")], rows)
+
+
+# The platform on this machine ---------------------------------------------------------------------------------
+
+
+DataDirOption = Annotated[Path, typer.Option("--data-dir", help="everything the platform keeps")]
+
+
+def _supervisor_pid(data_dir: Path) -> int | None:
+    try:
+        pid = int((data_dir / "run" / "supervisor.pid").read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def _status(data_dir: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads((data_dir / "run" / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+def _show_status(status: dict[str, Any], output: Output) -> None:
+    rows = [{"service": name, **entry} for name, entry in status["services"].items()]
+    columns = [("SERVICE", "service"), ("PID", "pid"), ("RUNNING", "running"), ("HEALTHY", "healthy"),
+               ("RESTARTS", "restarts"), ("LOG", "log")]  # fmt: skip
+    _emit(status, output, columns, rows)
+
+
+@app.command()
+def up(
+    data_dir: DataDirOption = platform.DEFAULT_DATA_DIR,
+    ports_from: Annotated[int | None, typer.Option(help="use ports N, N+1, ... instead of the defaults")] = None,
+    bridge: Annotated[str, typer.Option(help="the riklet's bridge")] = platform.BRIDGE,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for every service")] = 600,
+    output: OutputOption = Output.TABLE,
+) -> None:
+    """Start the whole platform on this machine (registry, RIK, Morty APIs, gateway), supervised."""
+    data_dir = data_dir.resolve()
+    if _supervisor_pid(data_dir) is None:
+        (data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "morty.cli.platform", "--data-dir", str(data_dir), "--bridge", bridge]
+        if ports_from is not None:
+            argv += ["--ports-from", str(ports_from)]
+        with (data_dir / "logs" / "supervisor.log").open("ab") as log:
+            supervisor = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        with err.status("starting the platform") as progress:
+            while True:
+                status = _status(data_dir)
+                if status is not None and all(s["healthy"] for s in status["services"].values()):
+                    break
+                if supervisor.poll() is not None:
+                    tail = (data_dir / "logs" / "supervisor.log").read_text(errors="replace")[-2000:]
+                    raise CliError(f"the platform did not start; supervisor log:\n{tail}", 1)
+                if time.monotonic() > deadline:
+                    raise CliError(f"the platform did not start within {timeout:.0f}s (logs in {data_dir}/logs)", 1)
+                if status is not None:
+                    waiting = [name for name, s in status["services"].items() if not s["healthy"]]
+                    progress.update(f"starting: {', '.join(waiting)}")
+                time.sleep(0.2)
+    status = _status(data_dir)
+    if status is None:
+        raise CliError(f"the platform in {data_dir} is starting or stopping; try `morty status` shortly", 1)
+    url = f"http://127.0.0.1:{status['ports']['gateway']}"
+    data = cli_config.load()
+    data["contexts"]["local"] = {"url": url, "token": (data_dir / "morty" / "token").read_text().strip()}
+    data["current-context"] = "local"
+    cli_config.save(data)
+    if output == Output.JSON:
+        out.print(json.dumps({**status, "url": url}, default=str))
+        return
+    _show_status(status, output)
+    out.print(f"\nThe platform is up: {url} (context `local`). Next: morty init hello && morty deploy hello")
+
+
+@app.command()
+def status(data_dir: DataDirOption = platform.DEFAULT_DATA_DIR, output: OutputOption = Output.TABLE) -> None:
+    """Each service's health and restarts."""
+    current = _status(data_dir.resolve()) if _supervisor_pid(data_dir.resolve()) else None
+    if current is None:
+        raise CliError(f"the platform is not running (data in {data_dir})", 1)
+    _show_status(current, output)
+    if not all(s["healthy"] for s in current["services"].values()):
+        raise typer.Exit(1)
+
+
+@app.command()
+def down(
+    data_dir: DataDirOption = platform.DEFAULT_DATA_DIR,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for everything to stop")] = 180,
+) -> None:
+    """Stop the platform and remove every instance it ran (state stays in the data directory)."""
+    pid = _supervisor_pid(data_dir.resolve())
+    if pid is None:
+        out.print("the platform is not running")
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    with err.status("stopping the platform"):
+        while _supervisor_pid(data_dir.resolve()) == pid:
+            if time.monotonic() > deadline:
+                raise CliError(f"the supervisor (pid {pid}) is still stopping after {timeout:.0f}s", 1)
+            time.sleep(0.2)
+    out.print("the platform is down")
 
 
 def main() -> None:
