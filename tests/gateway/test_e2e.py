@@ -208,7 +208,10 @@ async def test_cold_start_failure_answers_503_within_the_deadline(tmp_path: Path
             responses, elapsed = await _hundred(gw.proxy)
             assert [r.status_code for r in responses] == [503] * 100
             assert all(r.headers.get("retry-after") for r in responses)
-            assert elapsed < 1.5 + 1.0, elapsed
+            # Each request is answered within the deadline (plus scheduling slack on a busy machine).
+            slowest = max(r.elapsed.total_seconds() for r in responses)
+            assert slowest < 1.5 + 1.0, slowest
+            assert elapsed < 1.5 + 5.0, elapsed
             assert len(hook.calls) == 1
             if failure == "hook fails":
                 assert "provisioner answered 500" in responses[0].json()["error"]
