@@ -106,9 +106,7 @@ async def test_held_requests_are_released_by_a_new_target() -> None:
 async def test_held_requests_time_out_with_503() -> None:
     async with data_plane(()) as plane, httpx.AsyncClient(base_url=plane.url, timeout=10) as client:
         plane.route("default", provisioner={"url": "http://127.0.0.1:1/unused", "timeout_s": 0.5})
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         responses = await asyncio.gather(*(client.get("/") for _ in range(10)))
         assert [r.status_code for r in responses] == [503] * 10
-        assert loop.time() - started < 1.5
+        assert max(r.elapsed.total_seconds() for r in responses) < 0.5 + 1.0
         assert "within 0.5s" in responses[0].json()["error"]
