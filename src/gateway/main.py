@@ -40,17 +40,20 @@ RESTART_BACKOFF_S = 1.0
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     env = os.environ.get
-    parser = argparse.ArgumentParser(prog="gateway", description="Morty's API gateway")
-    parser.add_argument("--listen", default=env("GATEWAY_LISTEN", "0.0.0.0:8080"))
-    parser.add_argument("--admin-listen", default=env("GATEWAY_ADMIN_LISTEN", "127.0.0.1:8081"))
-    parser.add_argument("--workers", type=int, default=int(env("GATEWAY_WORKERS", "1")))
-    parser.add_argument("--database", default=env("GATEWAY_DATABASE", "sqlite:///gateway.db"))
-    parser.add_argument("--token", default=env("GATEWAY_TOKEN"))
+    parser = argparse.ArgumentParser(
+        prog="gateway", description="API gateway: HTTP reverse proxy workers and their management API"
+    )
+    add = parser.add_argument
+    add("--listen", default=env("GATEWAY_LISTEN", "0.0.0.0:8080"), help="proxy address (GATEWAY_LISTEN)")
+    add("--admin-listen", default=env("GATEWAY_ADMIN_LISTEN", "127.0.0.1:8081"), help="management API address")
+    add("--workers", type=int, default=int(env("GATEWAY_WORKERS", "1")), help="proxy processes (GATEWAY_WORKERS)")
+    add("--database", default=env("GATEWAY_DATABASE", "sqlite:///gateway.db"), help="sqlite:/// or postgresql:// URL")
+    add("--token", default=env("GATEWAY_TOKEN"), help="management API bearer token (GATEWAY_TOKEN)")
     sinks = [s for s in env("GATEWAY_SINKS", "").split(",") if s]
-    parser.add_argument("--sink", action="append", default=None)
-    parser.add_argument("--sink-token", default=env("GATEWAY_SINK_TOKEN"))
-    parser.add_argument("--shutdown-grace", type=float, default=float(env("GATEWAY_SHUTDOWN_GRACE", "30")))
-    parser.add_argument("--log-level", default=env("GATEWAY_LOG_LEVEL", "INFO"))
+    add("--sink", action="append", default=None, help="record sink URL, repeatable (GATEWAY_SINKS, comma-separated)")
+    add("--sink-token", default=env("GATEWAY_SINK_TOKEN"), help="bearer token sent to the sinks")
+    add("--shutdown-grace", type=float, default=float(env("GATEWAY_SHUTDOWN_GRACE", "30")), help="seconds")
+    add("--log-level", default=env("GATEWAY_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     if not args.token:
         parser.error("a management token is required (--token or GATEWAY_TOKEN)")
