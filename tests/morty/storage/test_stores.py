@@ -1,16 +1,13 @@
-"""The local code store's object handling, and the S3 store without boto3."""
+"""The local code store's object handling."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from morty.storage.base import CodeStoreError
 from morty.storage.local import LocalCodeStore, TooLarge
-from morty.storage.s3 import S3CodeStore
 from morty.storage.signing import UploadSigner
 
 
@@ -43,10 +40,3 @@ async def test_local_store_stages_publishes_and_deletes(tmp_path: Path) -> None:
     for bad in ("../etc/passwd", "/abs", "a/../b", "A/b", "a//b", ""):
         with pytest.raises(ValueError, match="invalid object key"):
             store.path(bad)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("boto3") is not None, reason="boto3 is installed")
-def test_the_s3_store_says_boto3_is_missing() -> None:
-    store = S3CodeStore("bucket")
-    with pytest.raises(CodeStoreError, match="needs boto3"):
-        store.upload_target("f1/v1.archive", expires_in=60, max_bytes=10)
