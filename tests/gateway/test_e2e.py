@@ -371,3 +371,20 @@ async def test_replicas_sharing_a_database_stay_in_sync(tmp_path: Path, postgres
         version = removed.json()["resource_version"]
         assert admin_one.get("/v1/sync", params={"resource_version": version, "timeout_s": 20}).status_code == 200
         assert (await asyncio.to_thread(httpx.get, f"{one.proxy}/shared/x")).status_code == 503
+
+
+def test_workers_exit_when_the_management_process_dies(tmp_path: Path) -> None:
+    with gateway_process(tmp_path) as gw, gw.admin_client() as admin:
+        pid = worker_pid(admin)
+        gw.process.kill()
+        gw.process.wait()
+
+        def gone() -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            # A zombie (exited, not yet reaped by init) counts as gone.
+            return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+
+        wait_until(gone, 15, "worker exited after its management process was killed", 0.1)

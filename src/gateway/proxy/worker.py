@@ -31,6 +31,7 @@ from gateway.proxy.stats import Stats
 
 log = logging.getLogger("gateway.worker")
 SWEEP_S = 0.1
+PARENT_CHECK_S = 1.0
 
 
 class RequestIds:
@@ -178,6 +179,7 @@ class Worker:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
         assert self.control is not None
+        self.spawn(self._watch_parent(os.getppid(), stopping))
         self.spawn(self.control.follow(self.config))
         synced = loop.create_task(self.control.synced.wait())
         stopped = loop.create_task(stopping.wait())
@@ -193,6 +195,16 @@ class Worker:
         log.info("worker serving", extra={"listen": f"{host}:{port}", "pid": os.getpid()})
         await stopping.wait()
         await self.drain(server, grace_s)
+
+    async def _watch_parent(self, parent: int, stopping: asyncio.Event) -> None:
+        """A worker whose management process died (even by SIGKILL) drains and exits rather than
+        serving a configuration nobody can change any more."""
+        while True:
+            await asyncio.sleep(PARENT_CHECK_S)
+            if os.getppid() != parent:
+                log.warning("management process gone; stopping", extra={"parent": parent})
+                stopping.set()
+                return
 
     async def listen(self, host: str, port: int) -> asyncio.Server:
         """Accept connections on the shared port and start the worker's timers (usable without a control
