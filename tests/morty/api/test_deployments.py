@@ -268,3 +268,39 @@ async def _finish_without_waiting(api: httpx.AsyncClient, build_id: str) -> None
         build = await session.get(BuildRow, build_id)
     assert build is not None
     await morty.deployer.enqueue(build.version_id)
+
+
+async def test_in_flight_load_adds_instances_up_to_max_and_keeps_busy_ones(morty_factory: MortyFactory) -> None:
+    fake = FakeOrchestrator()
+    async with morty_factory(orchestrator=fake, **SLOW_TICK) as api:
+        await create_function(api, "busy", concurrency=2, max_instances=3, idle_timeout_seconds=5)
+        await ready_version(api, "busy", "1.0.0")
+        instances = _morty(api).instances
+        first = (await api.post("/v1/functions/busy/instances")).json()
+        load: dict[str, int] = {}
+
+        async def gateway_load() -> dict[str, int]:
+            return dict(load)
+
+        instances.load = gateway_load
+        now = datetime.fromisoformat(first["started_at"])
+        load[f"{first['host']}:{first['port']}"] = 1
+        await instances.scale_once(now=now)
+        assert len((await api.get("/v1/functions/busy/instances")).json()["items"]) == 1, "below its concurrency"
+
+        load[f"{first['host']}:{first['port']}"] = 2
+        await instances.scale_once(now=now)
+        listed = (await api.get("/v1/functions/busy/instances")).json()["items"]
+        assert len(listed) == 2, "at its concurrency: one more"
+        for item in listed:
+            load[f"{item['host']}:{item['port']}"] = 2
+        await instances.scale_once(now=now)
+        await instances.scale_once(now=now)
+        listed = (await api.get("/v1/functions/busy/instances")).json()["items"]
+        assert len(listed) == 3, "never beyond max_instances"
+
+        # Long after: only the instance still serving requests stays.
+        for item in listed[1:]:
+            load.pop(f"{item['host']}:{item['port']}", None)
+        await instances.scale_once(now=now + timedelta(seconds=60))
+        assert [i["id"] for i in (await api.get("/v1/functions/busy/instances")).json()["items"]] == [first["id"]]
