@@ -83,7 +83,8 @@ class Worker:
         self.stats.observe(route.name if route is not None else "", ex.status, finished - ex.started)
         if route is not None and self.shipper.enabled:
             target = ex.tried[-1] if ex.tried else None
-            provision = (ex.released_at - ex.held_at) if ex.held_at else 0.0
+            # A request held and then refused (503) was never released: it waited until it finished.
+            provision = ((ex.released_at or finished) - ex.held_at) if ex.held_at else 0.0
             sent = ex.sent_at or finished
             query = ex.url.find(b"?")
             self.shipper.add(

@@ -43,6 +43,8 @@ class DeploySettings:
     """VM versions get a warm snapshot at deploy time, and instances restore it."""
     unavailable_retries: int = 5
     retry_delay: float = 2.0
+    concurrency: int = 1
+    """Deployments at once: each VM deployment boots a VM, and boots competing for CPU all time out together."""
 
 
 def deployment_key(function: str, version_id: str) -> str:
@@ -73,16 +75,48 @@ class Deployer:
         self._db, self._box, self._orchestrator = db, box, orchestrator
         self.settings = settings or DeploySettings()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+        self._slots = asyncio.Semaphore(max(1, self.settings.concurrency))
         self._closing = False
         self.on_ready: list[Callable[[str], Awaitable[None]]] = []
         """Called with the function's name once one of its versions is ready."""
 
-    async def enqueue(self, version_id: str) -> None:
-        if version_id in self._tasks or self._closing:
+    async def enqueue(self, version_id: str, *, redeploy: bool = False) -> None:
+        """Deploy a `deploying` version; with `redeploy`, apply the function's current configuration to a `ready`
+        one (it keeps serving meanwhile). A redeploy asked for while the version deploys runs right after."""
+        if self._closing:
             return
-        task = asyncio.create_task(self._deploy(version_id), name=f"deploy-{version_id}")
+        if version_id in self._tasks:
+            if redeploy:
+                self._again.add(version_id)
+            return
+        task = asyncio.create_task(self._deploy(version_id, redeploy), name=f"deploy-{version_id}")
         self._tasks[version_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(version_id, None))
+        task.add_done_callback(lambda _: self._finished(version_id))
+
+    def _finished(self, version_id: str) -> None:
+        self._tasks.pop(version_id, None)
+        if version_id in self._again and not self._closing:
+            self._again.discard(version_id)
+            task = asyncio.create_task(self._deploy(version_id, True), name=f"redeploy-{version_id}")
+            self._tasks[version_id] = task
+            task.add_done_callback(lambda _: self._finished(version_id))
+
+    async def redeploy_function(self, function_id: str) -> int:
+        """Apply the function's configuration (env, secrets, memory, vCPUs, isolation) to its ready versions."""
+        async with self._db.read() as session:
+            ready = (
+                await session.scalars(
+                    select(VersionRow.id).where(
+                        VersionRow.function_id == function_id,
+                        VersionRow.status.in_([VersionStatus.READY.value, VersionStatus.DEPLOYING.value]),
+                        VersionRow.deployment_key.is_not(None),
+                    )
+                )
+            ).all()
+        for version_id in ready:
+            await self.enqueue(version_id, redeploy=True)
+        return len(ready)
 
     async def resume(self) -> int:
         """Deploy again every version a previous process left `deploying`."""
@@ -110,11 +144,12 @@ class Deployer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _spec(self, version_id: str) -> DeploymentSpec | None:
+    async def _spec(self, version_id: str, redeploy: bool = False) -> DeploymentSpec | None:
         async with self._db.transaction() as session:
             version = await session.get(VersionRow, version_id, with_for_update=True)
             function = await session.get(FunctionRow, version.function_id) if version is not None else None
-            if version is None or function is None or version.status != VersionStatus.DEPLOYING.value:
+            wanted = VersionStatus.READY if redeploy else VersionStatus.DEPLOYING
+            if version is None or function is None or version.status != wanted.value:
                 return None
             if version.image is None:
                 raise OrchestratorError("NoImage", "the version has no image to deploy")
@@ -140,11 +175,12 @@ class Deployer:
                 labels={"morty.function": function.name, "morty.version": version.version},
             )
 
-    async def _deploy(self, version_id: str) -> None:
+    async def _deploy(self, version_id: str, redeploy: bool = False) -> None:
         attempt = 0
         while True:
             try:
-                await asyncio.wait_for(self._deploy_once(version_id), self.settings.timeout)
+                async with self._slots:
+                    await asyncio.wait_for(self._deploy_once(version_id, redeploy), self.settings.timeout)
                 return
             except OrchestratorUnavailable as exc:
                 attempt += 1
@@ -163,8 +199,8 @@ class Deployer:
                 log.info("deployment abandoned: %s", exc, extra={"version": version_id})
                 return
 
-    async def _deploy_once(self, version_id: str) -> None:
-        spec = await self._spec(version_id)
+    async def _deploy_once(self, version_id: str, redeploy: bool = False) -> None:
+        spec = await self._spec(version_id, redeploy)
         if spec is None:
             return
         log.info("deploying", extra={"version": version_id, "key": spec.key, "isolation": spec.isolation.value})
@@ -179,6 +215,11 @@ class Deployer:
                 version.status_message = f"ready; instances restore snapshot {snapshot}" if snapshot else "ready"
                 version.ready_at = store.now()
                 deployed = True
+            elif redeploy and version is not None and version.status == VersionStatus.READY.value:
+                version.status_message = "ready; redeployed with the function's current configuration" + (
+                    f"; instances restore snapshot {snapshot}" if snapshot else ""
+                )
+                deployed = True
             else:
                 deployed = False
         if not deployed:  # deleted (or failed) while it deployed: leave nothing behind in the orchestrator
@@ -191,9 +232,12 @@ class Deployer:
             await hook(function)
 
     async def _fail(self, version_id: str, message: str) -> None:
+        """A first deployment fails its version; a failed redeploy leaves it ready (it served before) and says so."""
         log.warning("deployment failed: %s", message, extra={"version": version_id})
         async with self._db.transaction() as session:
             version = await session.get(VersionRow, version_id, with_for_update=True)
             if version is not None and version.status == VersionStatus.DEPLOYING.value:
                 version.status = VersionStatus.FAILED.value
                 version.status_message = f"deployment failed: {message}"[:4000]
+            elif version is not None and version.status == VersionStatus.READY.value:
+                version.status_message = f"ready; applying the new configuration failed: {message}"[:4000]

@@ -69,7 +69,8 @@ class OrchestratorUnavailable(OrchestratorError):
 
 class Orchestrator(Protocol):
     async def register(self, spec: DeploymentSpec) -> None:
-        """Make the version known, with no instance running (create or update)."""
+        """Make the version known, with no instance running (create), or change its configuration (update:
+        running instances keep theirs; a snapshot of the old configuration is no longer restored)."""
 
     async def start_instance(self, key: str, *, within: float) -> InstanceEndpoint:
         """Bring one more instance up and return once it is ready (waits on changes, not by polling)."""

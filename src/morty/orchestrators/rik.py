@@ -8,6 +8,7 @@ before the change, so no transition can slip between the change and the wait.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections import defaultdict
 from typing import Any
 
@@ -32,17 +33,21 @@ class RikOrchestrator:
     # Versions -----------------------------------------------------------------------------------------
 
     async def register(self, spec: DeploymentSpec) -> None:
+        """Create or update the workload, keeping its replica count. An update leaves the snapshot behind (it holds
+        the old configuration): instances boot until `prepare_snapshot` makes a new one. A change of kind (VM to
+        Pod or back) replaces the workload."""
         async with self._locks[spec.key], _translated():
             replicas = 0
-            snapshot = None
             try:
                 current = await self.client.get_workload(spec.key)
                 replicas = current.spec.replicas
-                snapshot = current.spec.vm.snapshot if current.spec.vm else None
+                if current.kind != _kind(spec):
+                    await self.client.delete_workload(current.metadata.name)
+                    replicas = 0
             except ApiError as exc:
                 if exc.status != 404:
                     raise
-            await self.client.apply_workload(_manifest(spec, replicas, snapshot))
+            await self.client.apply_workload(_manifest(spec, replicas, None))
 
     async def unregister(self, key: str) -> None:
         async with self._locks[key], _translated():
@@ -103,7 +108,7 @@ class RikOrchestrator:
             return _endpoint(instance, StartPath.RESUMED)
 
     async def prepare_snapshot(self, key: str, *, within: float) -> str:
-        name = f"{key}-warm"[:52]
+        name = f"{key[:40]}-{secrets.token_hex(4)}"
         booted = await self.start_instance(key, within=within)
         try:
             async with _translated():
@@ -119,6 +124,9 @@ class RikOrchestrator:
             spec = workload.spec.model_dump(mode="json", exclude_none=True)
             spec["vm"] = {**spec.get("vm", {}), "snapshot": name}
             await self.client.apply_workload({**manifest, "spec": spec})
+            for older in (await self.client.list_snapshots(workload=key)).items:
+                if older.name != name:
+                    await self.client.delete_snapshot(older.name)
         return name
 
     # Waiting ------------------------------------------------------------------------------------------
@@ -159,6 +167,10 @@ class RikOrchestrator:
             raise OrchestratorError("Timeout", f"snapshot {name} not ready within {within:.0f}s") from exc
 
 
+def _kind(spec: DeploymentSpec) -> str:
+    return "VM" if spec.isolation == Isolation.VM else "Pod"
+
+
 def _manifest(spec: DeploymentSpec, replicas: int, snapshot: str | None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "image": spec.image,
@@ -171,7 +183,7 @@ def _manifest(spec: DeploymentSpec, replicas: int, snapshot: str | None) -> dict
         body["vm"] = {"vcpus": spec.vcpus, **({"snapshot": snapshot} if snapshot else {})}
     return {
         "apiVersion": "rik/v1",
-        "kind": "VM" if spec.isolation == Isolation.VM else "Pod",
+        "kind": _kind(spec),
         "metadata": {"name": spec.key, "labels": spec.labels},
         "spec": body,
     }

@@ -304,3 +304,38 @@ async def test_in_flight_load_adds_instances_up_to_max_and_keeps_busy_ones(morty
             load.pop(f"{item['host']}:{item['port']}", None)
         await instances.scale_once(now=now + timedelta(seconds=60))
         assert [i["id"] for i in (await api.get("/v1/functions/busy/instances")).json()["items"]] == [first["id"]]
+
+
+async def test_configuration_and_secret_changes_redeploy_ready_versions(morty_factory: MortyFactory) -> None:
+    fake = FakeOrchestrator()
+    async with morty_factory(orchestrator=fake, **SLOW_TICK) as api:
+        await create_function(api, "conf", env={"GREETING": "hi"})
+        await ready_version(api, "conf", "1.0.0")
+        [key] = fake.specs
+        deployer = _morty(api).deployer
+        calls = len(fake.calls)
+
+        assert (await api.patch("/v1/functions/conf", json={"env": {"GREETING": "hello"}})).status_code == 200
+        for version_id in list(deployer._tasks):
+            await deployer.wait(version_id)
+        assert fake.specs[key].env["GREETING"] == "hello"
+        assert fake.calls[calls:] == [("register", key), ("prepare_snapshot", key)], "a new snapshot, new env"
+        version = await _version(api, "conf", "1.0.0")
+        assert version["status"] == "ready" and "redeployed" in version["status_message"]
+
+        calls = len(fake.calls)
+        assert (await api.patch("/v1/functions/conf", json={"timeout_seconds": 9})).status_code == 200
+        assert fake.calls[calls:] == [], "a change that no deployment holds redeploys nothing"
+
+        assert (await api.put("/v1/functions/conf/secrets/TOKEN", json={"value": "t0ken-1"})).status_code == 201
+        for version_id in list(deployer._tasks):
+            await deployer.wait(version_id)
+        assert fake.specs[key].env["TOKEN"] == "t0ken-1"
+
+        fake.fail_snapshot = OrchestratorError("Timeout", "too slow")
+        assert (await api.delete("/v1/functions/conf/secrets/TOKEN")).status_code == 204
+        for version_id in list(deployer._tasks):
+            await deployer.wait(version_id)
+        version = await _version(api, "conf", "1.0.0")
+        assert version["status"] == "ready", "a failed redeploy keeps the version serving"
+        assert "applying the new configuration failed: Timeout" in version["status_message"]

@@ -75,6 +75,16 @@ async def _invoke(instance: dict[str, Any], name: str = "e2e", invocation: str |
     return body
 
 
+async def _wait(check: Any, what: str, within: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"not within {within}s: {what}")
+
+
 async def _wait_no_instances(p: Platform, name: str, within: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
@@ -156,6 +166,22 @@ async def test_a_python_function_runs_as_a_vm_restored_from_its_snapshot(platfor
     await p.api.delete(f"/v1/functions/hello/instances/{prod['id']}")
     switched = await _instance(p, "hello", "prod")
     assert (await _invoke(switched))["version"] == "1.1.0"
+
+    # A configuration change redeploys the ready versions (new snapshot); new instances see it.
+    assert (await p.api.patch("/v1/functions/hello", json={"env": {"GREETING": "hello again"}})).status_code == 200
+
+    async def redeployed() -> bool:
+        versions = (await p.api.get("/v1/functions/hello/versions")).json()["items"]
+        assert not any("failed" in v["status_message"] for v in versions), versions
+        return all("redeployed" in v["status_message"] for v in versions)
+
+    await _wait(redeployed, "both versions redeployed", within=600)
+    for instance in (await p.api.get("/v1/functions/hello/instances")).json()["items"]:
+        await p.api.delete(f"/v1/functions/hello/instances/{instance['id']}")
+    fresh = await _instance(p, "hello", "1.0.0")
+    assert fresh["start_path"] == "restored"
+    assert (await _invoke(fresh))["greeting"] == "hello again"
+    assert len((await p.rik.list_snapshots()).items) == 2, "one snapshot per version: the old ones are gone"
 
     # Idle instances stop once the idle timeout passes (the scaler runs every 0.25 s here).
     assert (await p.api.patch("/v1/functions/hello", json={"idle_timeout_seconds": 1})).status_code == 200

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from morty.api import store
 from morty.api.builds import BuildQueue
 from morty.api.database import Database
 from morty.api.deployer import Deployer
@@ -39,6 +40,15 @@ class MortyState:
     instances: Instances | None = None
     logs: InstanceLogs | None = None
     gateway: Gateway | None = None
+
+    async def config_changed(self, function: str) -> None:
+        """Redeploy the function's versions with its current configuration (in the background)."""
+        if self.deployer is None:
+            return
+        async with self.db.read() as session:
+            row = await store.function_row(session, function)
+        count = await self.deployer.redeploy_function(row.id)
+        log.info("configuration changed; redeploying", extra={"function": function, "versions": count})
 
     async def routes_changed(self, function: str) -> None:
         """Bring the gateway's routes of `function` up to date; on failure the periodic sync catches up."""

@@ -13,6 +13,8 @@ from morty.api.routes.deps import AUTHENTICATED, Morty, errors
 from morty.builder.registry import BuildError, delete_image
 from morty.orchestrators.base import OrchestratorError
 
+DEPLOYED_FIELDS = {"env", "memory_mib", "vcpus", "isolation"}
+"""Fields baked into a deployment: changing one redeploys the function's versions."""
 router = APIRouter(prefix="/v1/functions", tags=["functions"], **AUTHENTICATED)
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ async def update_function(name: str, patch: FunctionPatch, morty: Morty) -> Func
     """Change configuration fields; those left out keep their value."""
     async with morty.db.transaction() as session:
         function = await store.update_function(session, name, patch)
+    if patch.model_fields_set & DEPLOYED_FIELDS:
+        await morty.config_changed(name)
     await morty.routes_changed(name)
     log.info("function updated", extra={"function": name, "fields": sorted(patch.model_fields_set)})
     return function

@@ -20,9 +20,11 @@ async def list_secrets(name: str, morty: Morty) -> SecretList:
 
 @router.put("/{key}", response_model=Secret, responses={**errors(404, 409, 422), 201: {"model": Secret}})
 async def put_secret(name: str, key: str, request: SecretValue, morty: Morty, response: Response) -> Secret:
-    """Set a secret (201 when new, 200 when replaced). It reaches the function as an environment variable."""
+    """Set a secret (201 when new, 200 when replaced). It reaches the function as an environment variable; the
+    function's deployed versions are redeployed with it."""
     async with morty.db.transaction() as session:
         secret, created = await store.put_secret(session, morty.box, name, key, request.value)
+    await morty.config_changed(name)
     response.status_code = 201 if created else 200
     return secret
 
@@ -31,4 +33,5 @@ async def put_secret(name: str, key: str, request: SecretValue, morty: Morty, re
 async def delete_secret(name: str, key: str, morty: Morty) -> Response:
     async with morty.db.transaction() as session:
         await store.delete_secret(session, name, key)
+    await morty.config_changed(name)
     return Response(status_code=204)
