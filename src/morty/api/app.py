@@ -161,6 +161,7 @@ def create_app(
         instances = Instances(
             db, orchestrator, ScalingSettings(provision_timeout=settings.provision_timeout, tick=settings.scaling_tick)
         )
+        deployer.before_redeploy.append(instances.stop_version)
         instance_logs = InstanceLogs(db, box)
         collect = instance_logs.collect
 

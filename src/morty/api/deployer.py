@@ -78,6 +78,9 @@ class Deployer:
         self._again: set[str] = set()
         self._slots = asyncio.Semaphore(max(1, self.settings.concurrency))
         self._closing = False
+        self.before_redeploy: list[Callable[[str], Awaitable[None]]] = []
+        """Called with the version id before a redeploy changes the version in the orchestrator (which replaces
+        its running instances): the version's instances are stopped, drained first, and come back on demand."""
         self.on_ready: list[Callable[[str], Awaitable[None]]] = []
         """Called with the function's name once one of its versions is ready."""
 
@@ -204,6 +207,9 @@ class Deployer:
         if spec is None:
             return
         log.info("deploying", extra={"version": version_id, "key": spec.key, "isolation": spec.isolation.value})
+        if redeploy:
+            for hook in self.before_redeploy:
+                await hook(version_id)
         await self._orchestrator.register(spec)
         snapshot = None
         if spec.isolation == OrchestratorIsolation.VM and self.settings.snapshots:

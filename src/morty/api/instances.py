@@ -232,6 +232,20 @@ class Instances:
                     .values(last_active_at=at)
                 )
 
+    async def stop_version(self, version_id: str) -> None:
+        """Every instance of one version (its configuration changes)."""
+        async with self._db.read() as session:
+            rows = (
+                await session.execute(
+                    select(InstanceRow.id, VersionRow.deployment_key, FunctionRow.name)
+                    .join(VersionRow, VersionRow.id == InstanceRow.version_id)
+                    .join(FunctionRow, FunctionRow.id == InstanceRow.function_id)
+                    .where(InstanceRow.version_id == version_id)
+                )
+            ).all()
+        for instance_id, key, name in rows:
+            await self._stop(name, instance_id, key, "reconfigured")
+
     async def stop_all(self, function_id: str, name: str) -> None:
         """Every instance of a function (it is being deleted)."""
         async with self._db.read() as session:

@@ -176,8 +176,7 @@ async def test_a_python_function_runs_as_a_vm_restored_from_its_snapshot(platfor
         return all("redeployed" in v["status_message"] for v in versions)
 
     await _wait(redeployed, "both versions redeployed", within=600)
-    for instance in (await p.api.get("/v1/functions/hello/instances")).json()["items"]:
-        await p.api.delete(f"/v1/functions/hello/instances/{instance['id']}")
+    assert (await p.api.get("/v1/functions/hello/instances")).json()["items"] == [], "old configuration: stopped"
     fresh = await _instance(p, "hello", "1.0.0")
     assert fresh["start_path"] == "restored"
     assert (await _invoke(fresh))["greeting"] == "hello again"
@@ -185,7 +184,7 @@ async def test_a_python_function_runs_as_a_vm_restored_from_its_snapshot(platfor
 
     # Idle instances stop once the idle timeout passes (the scaler runs every 0.25 s here).
     assert (await p.api.patch("/v1/functions/hello", json={"idle_timeout_seconds": 1})).status_code == 200
-    await _invoke(switched, "late", invocation="inv-e2e-late")
+    await _invoke(fresh, "late", invocation="inv-e2e-late")
     await _wait_no_instances(p, "hello", within=60)
     late = (await p.api.get("/v1/functions/hello/invocations/inv-e2e-late/logs")).json()["items"]
     assert [line["line"] for line in late] == ["invoked with late and key ****"], "collected before the stop"

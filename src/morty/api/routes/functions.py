@@ -14,7 +14,8 @@ from morty.builder.registry import BuildError, delete_image
 from morty.orchestrators.base import OrchestratorError
 
 DEPLOYED_FIELDS = {"env", "memory_mib", "vcpus", "isolation"}
-"""Fields baked into a deployment: changing one redeploys the function's versions."""
+"""Fields baked into a deployment: changing one redeploys the function's versions (their running instances stop,
+drained first; new ones start on demand with the new configuration)."""
 router = APIRouter(prefix="/v1/functions", tags=["functions"], **AUTHENTICATED)
 log = logging.getLogger(__name__)
 
