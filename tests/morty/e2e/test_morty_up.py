@@ -27,6 +27,19 @@ def morty(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _processes_with(fragment: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and pid_alive(int(entry.name)):
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if fragment in cmdline and "pytest" not in cmdline:
+                found.append(cmdline)
+    return found
+
+
 def ok(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
     return done
@@ -70,6 +83,7 @@ def test_morty_up_runs_the_platform_and_down_leaves_nothing(tmp_path: Path) -> N
     current = morty(env, "status", "--data-dir", str(data))
     assert current.returncode == 1 and "not running" in current.stderr
     assert not [name for name, pid in pids.items() if pid_alive(pid)]
+    assert not _processes_with(f":{base}"), "no gateway worker outlives its gateway (killed -9 above)"
     assert not qemu_processes(str(data))
     assert bridge not in link_names()
     assert not [ns for ns in netns_names() if str(data) in ns]
