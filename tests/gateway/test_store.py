@@ -51,3 +51,23 @@ async def test_change_feed_orders_every_write(database_url: str) -> None:
     await again.migrate()
     assert await again.resource_version() == rv
     await again.close()
+
+
+async def test_putting_an_unchanged_spec_writes_no_change(database_url: str) -> None:
+    """Clients (Morty's periodic sync) re-apply their configuration; only real changes reach the workers."""
+    db = GatewayDatabase(database_url)
+    await db.migrate()
+    try:
+        first, created = await db.put("service", "web", {"policy": "round_robin"})
+        assert created
+        again, created = await db.put("service", "web", {"policy": "round_robin"})
+        assert not created
+        assert again["resource_version"] == first["resource_version"] == await db.resource_version()
+        assert again["updated_at"] == first["updated_at"]
+        assert await db.changes_since(first["resource_version"]) == []
+        changed, created = await db.put("service", "web", {"policy": "least_in_flight"})
+        assert not created and changed["resource_version"] == first["resource_version"] + 1
+        assert changed["created_at"] == first["created_at"]
+        assert (await db.get("service", "web"))["spec"] == {"policy": "least_in_flight"}
+    finally:
+        await db.close()

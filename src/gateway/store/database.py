@@ -60,14 +60,32 @@ class GatewayDatabase(SqlDatabase):
         return int(value)
 
     async def put(self, kind: str, name: str, spec: dict[str, Any]) -> tuple[StoredObject, bool]:
-        """Create or replace an object; returns it and whether it was created. Plain statements rather
-        than the ORM's unit of work: a write costs a few statements and nothing else."""
+        """Create or replace an object; returns it and whether it was created. Putting the spec an object
+        already has changes nothing (no new version, nothing for the workers to reload), so clients may
+        re-apply their whole configuration periodically for free. Plain statements rather than the ORM's
+        unit of work: a write costs a few statements and nothing else."""
         async with self._transaction() as session:
             await self._check_references(session, kind, name, spec)
+            key = (ObjectRow.kind == kind) & (ObjectRow.name == name)
+            current = (
+                await session.execute(
+                    select(
+                        ObjectRow.spec, ObjectRow.resource_version, ObjectRow.created_at, ObjectRow.updated_at
+                    ).where(key)
+                )
+            ).first()
+            if current is not None and current.spec == spec:
+                return {
+                    "kind": kind,
+                    "name": name,
+                    "spec": spec,
+                    "resource_version": current.resource_version,
+                    "created_at": _utc(current.created_at).isoformat(),
+                    "updated_at": _utc(current.updated_at).isoformat(),
+                }, False
             now = datetime.now(UTC)
             rv = await self._bump(session)
-            key = (ObjectRow.kind == kind) & (ObjectRow.name == name)
-            created_at = await session.scalar(select(ObjectRow.created_at).where(key))
+            created_at = None if current is None else current.created_at
             if created_at is None:
                 created_at = now
                 values = {"spec": spec, "resource_version": rv, "created_at": now, "updated_at": now}

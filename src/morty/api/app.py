@@ -113,16 +113,10 @@ def _attach_gateway(gateway: Gateway, instances: Instances, deployer: Deployer) 
                 per_address[address] = per_address.get(address, 0) + count
         return per_address
 
-    async def publish(function: str) -> None:
-        try:
-            await gateway.sync_function(function)
-        except GatewayError as exc:
-            log.warning("gateway not updated; the periodic sync will retry: %s", exc, extra={"function": function})
-
     instances.after_start.append(register)
     instances.before_stop.insert(0, drain)
     instances.load = load
-    deployer.on_ready.append(publish)
+    deployer.on_ready.append(gateway.sync_function_soon)
 
 
 async def _sync_gateway(gateway: Gateway) -> None:

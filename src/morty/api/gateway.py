@@ -25,7 +25,7 @@ import httpx
 from sqlalchemy import select
 
 from morty.api.database import Database
-from morty.api.models import VersionStatus
+from morty.api.models import VersionStatus, parse_version
 from morty.api.tables import AliasRow, FunctionRow, VersionRow
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,28 @@ def service_name(deployment_key: str) -> str:
 
 def route_name(function: str, ref: str | None = None) -> str:
     return f"fn.{function}" if ref is None else f"fn.{function}@{ref}"
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    routes: dict[str, dict[str, Any]]
+    services: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class _Published:
+    """The gateway's routes and services as it lists them."""
+
+    routes: list[dict[str, Any]]
+    services: list[dict[str, Any]]
+
+    def of_function(self, kind: str, name: str) -> list[dict[str, Any]]:
+        items = self.routes if kind == "routes" else self.services
+        return [item for item in items if item["spec"].get("labels", {}).get("function") == name]
+
+    def functions(self) -> set[str]:
+        labels = (item["spec"].get("labels") or {} for item in [*self.routes, *self.services])
+        return {str(label["function"]) for label in labels if label.get("function")}
 
 
 class Gateway:
@@ -103,9 +125,8 @@ class Gateway:
 
     # Routes ----------------------------------------------------------------------------------------------------
 
-    async def sync_function(self, name: str) -> None:
-        """Make the gateway's routes and services of function `name` match its versions and aliases (or remove
-        them all if the function is gone)."""
+    async def _desired(self, name: str) -> _Wanted:
+        """The routes and services function `name` should have: none if it is gone or has no ready version."""
         async with self._db.read() as session:
             function = await session.scalar(select(FunctionRow).where(FunctionRow.name == name))
             versions: list[VersionRow] = []
@@ -131,8 +152,6 @@ class Gateway:
         wanted_routes: dict[str, dict[str, Any]] = {}
         wanted_services: dict[str, dict[str, Any]] = {}
         if function is not None and versions:
-            from morty.api.models import parse_version
-
             by_id = {v.id: v for v in versions}
             latest = max(versions, key=lambda v: parse_version(v.version))
             for version in versions:
@@ -160,19 +179,39 @@ class Gateway:
                     },
                     "labels": {"function": name, "version": version.version, "ref": ref or "latest"},
                 }
-        for service, spec in wanted_services.items():
+        return _Wanted(routes=wanted_routes, services=wanted_services)
+
+    async def _published(self) -> _Published:
+        routes = (await self._call("GET", "/v1/routes")).json()["items"]
+        services = (await self._call("GET", "/v1/services")).json()["items"]
+        return _Published(routes=routes, services=services)
+
+    async def _apply(self, name: str, published: _Published) -> None:
+        wanted = await self._desired(name)
+        for service, spec in wanted.services.items():
             await self._call("PUT", f"/v1/services/{service}", spec)
-        for route, spec in wanted_routes.items():
+        for route, spec in wanted.routes.items():
             await self._call("PUT", f"/v1/routes/{quote(route, safe='')}", spec)
-        existing_routes = (await self._call("GET", "/v1/routes")).json()["items"]
-        for route in existing_routes:
-            if route["spec"].get("labels", {}).get("function") == name and route["name"] not in wanted_routes:
-                await self._call("DELETE", f"/v1/routes/{quote(route['name'], safe='')}")
-        existing_services = (await self._call("GET", "/v1/services")).json()["items"]
-        for service in existing_services:
-            if service["spec"].get("labels", {}).get("function") == name and service["name"] not in wanted_services:
-                await self._call("DELETE", f"/v1/services/{quote(service['name'], safe='')}")
-        log.info("gateway synced", extra={"function": name, "routes": sorted(wanted_routes)})
+        for stale in published.of_function("routes", name):
+            if stale["name"] not in wanted.routes:
+                await self._call("DELETE", f"/v1/routes/{quote(stale['name'], safe='')}")
+        for stale in published.of_function("services", name):
+            if stale["name"] not in wanted.services:
+                await self._call("DELETE", f"/v1/services/{quote(stale['name'], safe='')}")
+        log.debug("gateway synced", extra={"function": name, "routes": sorted(wanted.routes)})
+
+    async def sync_function(self, name: str) -> None:
+        """Make the gateway's routes and services of function `name` match its versions and aliases (or remove
+        them all if the function is gone). Re-putting an unchanged spec costs the gateway nothing."""
+        await self._apply(name, await self._published())
+        log.info("gateway synced", extra={"function": name})
+
+    async def sync_function_soon(self, name: str) -> None:
+        """`sync_function`, leaving a failure to the periodic sync (logged, not raised)."""
+        try:
+            await self.sync_function(name)
+        except GatewayError as exc:
+            log.warning("gateway not updated; the periodic sync will retry: %s", exc, extra={"function": name})
 
     async def publish_api(self) -> None:
         if self.settings.api_address is None:
@@ -185,8 +224,12 @@ class Gateway:
         )  # fmt: skip
 
     async def sync_all(self) -> None:
+        """Every function, listing the gateway's configuration once per pass; functions deleted while the
+        gateway was unreachable lose their routes here."""
         await self.publish_api()
         async with self._db.read() as session:
-            names = list((await session.scalars(select(FunctionRow.name))).all())
-        for name in names:
-            await self.sync_function(name)
+            names = set((await session.scalars(select(FunctionRow.name))).all())
+        published = await self._published()
+        names |= published.functions()
+        for name in sorted(names):
+            await self._apply(name, published)

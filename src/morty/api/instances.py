@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -29,7 +29,7 @@ from sqlalchemy import delete, func, select, update
 from morty.api import store
 from morty.api.database import Database
 from morty.api.errors import Busy, Conflict, MortyError, NotFound, Unavailable
-from morty.api.models import Instance, StartPath, VersionStatus
+from morty.api.models import Instance, InvocationRecord, StartPath, VersionStatus
 from morty.api.tables import FunctionRow, InstanceRow, VersionRow
 from morty.orchestrators.base import Orchestrator, OrchestratorError, OrchestratorUnavailable
 
@@ -219,6 +219,14 @@ class Instances:
                 await hook(placed)
             except Exception as exc:
                 log.warning("an instance hook failed: %s", exc, extra={"instance": placed.instance_id})
+
+    async def touch_records(self, records: Iterable[InvocationRecord]) -> None:
+        """The instances that served `records` were active until the latest of their finish times."""
+        activity: dict[str, datetime] = {}
+        for record in records:
+            if record.instance and activity.get(record.instance, record.finished_at) <= record.finished_at:
+                activity[record.instance] = record.finished_at
+        await self.touch(activity)
 
     async def touch(self, activity: dict[str, datetime]) -> None:
         """Instances were active at the given times (the latest per instance)."""

@@ -15,7 +15,7 @@ from morty.api.builds import BuildQueue
 from morty.api.database import Database
 from morty.api.deployer import Deployer
 from morty.api.errors import Unauthorized
-from morty.api.gateway import Gateway, GatewayError
+from morty.api.gateway import Gateway
 from morty.api.instance_logs import InstanceLogs
 from morty.api.instances import Instances
 from morty.api.keys import SecretBox
@@ -52,14 +52,8 @@ class MortyState:
 
     async def routes_changed(self, function: str) -> None:
         """Bring the gateway's routes of `function` up to date; on failure the periodic sync catches up."""
-        if self.gateway is None:
-            return
-        try:
-            await self.gateway.sync_function(function)
-        except GatewayError as exc:
-            log.warning("gateway not updated; the periodic sync will retry: %s", exc, extra={"function": function})
-
-    """Both None while no orchestrator is attached: versions are ready once built, and nothing runs them."""
+        if self.gateway is not None:
+            await self.gateway.sync_function_soon(function)
 
 
 def state(request: Request) -> MortyState:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter
@@ -89,9 +88,5 @@ async def gateway_records(batch: GatewayRecords, morty: Morty) -> BatchResult:
     async with morty.db.transaction() as session:
         result = await store.record_invocations(session, InvocationBatch(records=records))
     if morty.instances is not None:
-        activity: dict[str, datetime] = {}
-        for record in records:
-            if record.instance and activity.get(record.instance, record.finished_at) <= record.finished_at:
-                activity[record.instance] = record.finished_at
-        await morty.instances.touch(activity)
+        await morty.instances.touch_records(records)
     return result

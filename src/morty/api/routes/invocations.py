@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -24,11 +23,7 @@ async def record_invocations(batch: InvocationBatch, morty: Morty) -> BatchResul
     async with morty.db.transaction() as session:
         result = await store.record_invocations(session, batch)
     if morty.instances is not None:
-        activity: dict[str, datetime] = {}
-        for record in batch.records:
-            if record.instance and activity.get(record.instance, record.finished_at) <= record.finished_at:
-                activity[record.instance] = record.finished_at
-        await morty.instances.touch(activity)
+        await morty.instances.touch_records(batch.records)
     RECORDS.labels("accepted").inc(result.accepted)
     RECORDS.labels("duplicate").inc(result.duplicates)
     RECORDS.labels("dropped").inc(len(batch.records) - result.accepted - result.duplicates)
