@@ -33,6 +33,7 @@ import uvloop
 from gateway.admin.app import create_app
 from gateway.admin.workers import WorkerRegistry
 from gateway.store.database import GatewayDatabase
+from servicekit import logs
 
 log = logging.getLogger("gateway")
 RESTART_BACKOFF_S = 1.0
@@ -164,8 +165,7 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logs.configure("gateway", args.log_level)
     uvloop.run(run(args))
 
 

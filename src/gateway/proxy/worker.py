@@ -28,6 +28,7 @@ from gateway.proxy.health import HealthChecker
 from gateway.proxy.protocol import ClientConnection, Exchange
 from gateway.proxy.records import RecordShipper
 from gateway.proxy.stats import Stats
+from servicekit import logs
 
 log = logging.getLogger("gateway.worker")
 SWEEP_S = 0.1
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sink", action="append", default=[])
     parser.add_argument("--shutdown-grace", type=float, default=30.0)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("GATEWAY_LOG_LEVEL", "WARNING"))
+    logs.configure("gateway-worker", os.environ.get("GATEWAY_LOG_LEVEL", "WARNING"))
     logging.getLogger("httpx").setLevel(logging.WARNING)
     token = os.environ["GATEWAY_TOKEN"]
     host, _, port = args.listen.rpartition(":")

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import uvicorn
 
-from morty.api import logs
 from morty.api.app import create_app
 from morty.api.settings import DEFAULT_LISTEN, Settings
 from morty.orchestrators.rik import RikOrchestrator
 from rik.client import RikClient
+from servicekit import logs
 
 
 def main(argv: list[str] | None = None) -> None:

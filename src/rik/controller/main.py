@@ -7,8 +7,8 @@ import os
 
 import uvicorn
 
-from rik import logs
 from rik.controller.app import ControllerSettings, create_app
+from servicekit import logs
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import uvicorn
 
-from rik import logs
 from rik.client import RikClient
 from rik.drivers.base import Driver, Handle
 from rik.drivers.container import ContainerDriver
@@ -24,6 +23,7 @@ from rik.network import NodeNetwork
 from rik.riklet.agent import Agent, DriverFactory, RikletSettings
 from rik.riklet.api import create_app
 from rik.riklet.records import RecordStore
+from servicekit import logs
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""Structured logging for Morty's services: one JSON object per line on stderr (or `key=value` on a
-terminal), with the `extra=` fields of stdlib log calls carried as keys."""
+"""Structured logging for every service process (RIK, Morty APIs, the gateway): one JSON object per line
+on stderr (or `key=value` on a terminal), with the `extra=` fields of stdlib log calls carried as keys."""
 
 from __future__ import annotations
 
@@ -27,15 +27,22 @@ def _stdlib_extras(_logger: Any, _name: str, event: MutableMapping[str, Any]) ->
     return event
 
 
+def _add_service(service: str) -> Any:
+    def add(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        event["service"] = service
+        return event
+
+    return add
+
+
+QUIET = ("uvicorn.access", "httpx", "httpcore", "aiosqlite", "asyncpg", "pyroute2")
+"""Libraries whose INFO lines are per request or per statement: kept at WARNING."""
+
+
 def configure(service: str, level: str = "INFO", json_output: bool | None = None) -> None:
     if json_output is None:
         json_output = not sys.stderr.isatty()
     renderer: Any = structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer(colors=False)
-
-    def add_service(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        event["service"] = service
-        return event
-
     handler = logging.StreamHandler()
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
@@ -47,7 +54,7 @@ def configure(service: str, level: str = "INFO", json_output: bool | None = None
             ],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                add_service,
+                _add_service(service),
                 structlog.processors.format_exc_info,
                 renderer,
             ],
@@ -56,5 +63,5 @@ def configure(service: str, level: str = "INFO", json_output: bool | None = None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access", "httpx", "httpcore", "aiosqlite", "asyncpg"):
+    for noisy in QUIET:
         logging.getLogger(noisy).setLevel(logging.WARNING)
