@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import time
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rik.drivers._files import read_tail, recorded_instance_ids
 from rik.drivers.base import Capabilities, DriverError, Handle, Inspection, InstanceRequest, ProgressCallback
 from rik.drivers.container import _cgroups as cgroups
 from rik.drivers.container._rootfs import MountError, mount_overlay, unmount, write_network_files
@@ -275,21 +275,12 @@ class ContainerDriver:
         raise _unsupported("snapshots")
 
     async def logs(self, handle: Handle, tail_bytes: int | None) -> bytes:
-        return await asyncio.to_thread(_read_tail, self._paths(handle.id).log, tail_bytes)
+        return await asyncio.to_thread(read_tail, self._paths(handle.id).log, tail_bytes)
 
     async def instance_ids(self) -> list[str]:
         """Instances with a directory under the state dir (for garbage collection after a restart)."""
 
-        def scan() -> list[str]:
-            if not self._instances_dir.is_dir():
-                return []
-            found = []
-            for directory in self._instances_dir.iterdir():
-                with contextlib.suppress(OSError, ValueError):
-                    found.append(json.loads((directory / "instance.json").read_text())["id"])
-            return sorted(found)
-
-        return await asyncio.to_thread(scan)
+        return await asyncio.to_thread(recorded_instance_ids, self._instances_dir)
 
     # Internals --------------------------------------------------------------------------------------------
 
@@ -341,7 +332,7 @@ class ContainerDriver:
         return True
 
     async def _log_tail(self, paths: _InstancePaths) -> str:
-        text = (await asyncio.to_thread(_read_tail, paths.log, _LOG_TAIL)).decode(errors="replace").strip()
+        text = (await asyncio.to_thread(read_tail, paths.log, _LOG_TAIL)).decode(errors="replace").strip()
         return text or "(no output)"
 
     async def _cleanup_after_failure(self, instance_id: str) -> None:
@@ -402,17 +393,6 @@ async def _wait_pid_gone(pid: int, seconds: float) -> None:
             return
         await asyncio.sleep(0.02)
     logger.warning("container process %d is still alive", pid)
-
-
-def _read_tail(path: Path, tail_bytes: int | None) -> bytes:
-    try:
-        with path.open("rb") as log:
-            if tail_bytes is not None:
-                size = os.fstat(log.fileno()).st_size
-                log.seek(max(0, size - tail_bytes))
-            return log.read()
-    except FileNotFoundError:
-        return b""
 
 
 def _unsupported(feature: str) -> DriverError:

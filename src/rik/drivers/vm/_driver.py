@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 from qemu.qmp.error import QMPError
 
+from rik.drivers._files import read_tail, recorded_instance_ids
 from rik.drivers.base import Capabilities, DriverError, Handle, Inspection, InstanceRequest, ProgressCallback
 from rik.drivers.process import process_args, process_env
 from rik.drivers.vm import _process as proc
@@ -291,21 +292,12 @@ class VMDriver:
         return Handle(id=instance_id, driver=self.name, address=state.get("ip"), ports=ports, state=dict(state))
 
     async def logs(self, handle: Handle, tail_bytes: int | None) -> bytes:
-        return await asyncio.to_thread(_read_tail, self._paths(handle.id).console_log, tail_bytes)
+        return await asyncio.to_thread(read_tail, self._paths(handle.id).console_log, tail_bytes)
 
     async def instance_ids(self) -> list[str]:
         """Instances with a directory under the state dir (for garbage collection after a restart)."""
 
-        def scan() -> list[str]:
-            if not self._instances_dir.is_dir():
-                return []
-            found = []
-            for directory in self._instances_dir.iterdir():
-                with contextlib.suppress(OSError, ValueError, KeyError):
-                    found.append(json.loads((directory / "instance.json").read_text())["id"])
-            return sorted(found)
-
-        return await asyncio.to_thread(scan)
+        return await asyncio.to_thread(recorded_instance_ids, self._instances_dir)
 
     # Pause, resume, snapshots -----------------------------------------------------------------------------
 
@@ -387,7 +379,7 @@ class VMDriver:
                     if proc.is_ours(pid, str(paths.qmp_socket)) and not isinstance(exc, QMPError):
                         raise
                     await proc.wait_gone(pid, str(paths.qmp_socket), 2.0)
-                    tail = (await asyncio.to_thread(_read_tail, paths.qemu_log, _LOG_TAIL)).decode(errors="replace")
+                    tail = (await asyncio.to_thread(read_tail, paths.qemu_log, _LOG_TAIL)).decode(errors="replace")
                     raise DriverError(
                         "RestoreFailed", f"QEMU could not load the snapshot: {tail.strip() or exc}"
                     ) from exc
@@ -571,12 +563,12 @@ class VMDriver:
         argv = qemu_argv(machine, paths.files(), name=f"rik-{paths.key}", incoming=incoming)
         code = await launch(argv, netns_path, paths.qemu_log, pass_fds)
         if code != 0:
-            tail = (await asyncio.to_thread(_read_tail, paths.qemu_log, _LOG_TAIL)).decode(errors="replace").strip()
+            tail = (await asyncio.to_thread(read_tail, paths.qemu_log, _LOG_TAIL)).decode(errors="replace").strip()
             raise DriverError("QemuFailed", f"QEMU exited with status {code}: {tail or '(no output)'}")
         pid = proc.read_pid(paths.pid_file)
         if pid is None:
             # QEMU removes its pid file as it exits: a restore whose snapshot does not load ends that fast.
-            tail = (await asyncio.to_thread(_read_tail, paths.qemu_log, _LOG_TAIL)).decode(errors="replace").strip()
+            tail = (await asyncio.to_thread(read_tail, paths.qemu_log, _LOG_TAIL)).decode(errors="replace").strip()
             if incoming:
                 what = "QEMU exited while loading the snapshot (a damaged snapshot, or one from another QEMU?)"
                 raise DriverError("RestoreFailed", f"{what}: {tail}" if tail else what)
@@ -604,7 +596,7 @@ class VMDriver:
             if port is not None and await _connects(ip, port):
                 return
             if port is None and (
-                not marker or _START_MARK in await asyncio.to_thread(_read_tail, paths.console_log, None)
+                not marker or _START_MARK in await asyncio.to_thread(read_tail, paths.console_log, None)
             ):
                 return
             if not proc.is_ours(pid, str(paths.qmp_socket)):
@@ -620,7 +612,7 @@ class VMDriver:
             await asyncio.sleep(interval)
 
     async def _console_tail(self, paths: _Paths) -> str:
-        text = (await asyncio.to_thread(_read_tail, paths.console_log, _LOG_TAIL)).decode(errors="replace").strip()
+        text = (await asyncio.to_thread(read_tail, paths.console_log, _LOG_TAIL)).decode(errors="replace").strip()
         return text or "(no console output)"
 
     async def _qmp_command(self, handle: Handle, command: str) -> None:
@@ -736,7 +728,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 def _exit_status(console: Path) -> int | None:
     """The entrypoint's exit status that the guest init printed last, if any."""
-    data = _read_tail(console, 4096)
+    data = read_tail(console, 4096)
     index = data.rfind(_EXIT_MARK)
     if index < 0:
         return None
@@ -745,14 +737,3 @@ def _exit_status(console: Path) -> int | None:
         return int(words[0]) if words else None
     except ValueError:
         return None
-
-
-def _read_tail(path: Path, tail_bytes: int | None) -> bytes:
-    try:
-        with path.open("rb") as log:
-            if tail_bytes is not None:
-                size = os.fstat(log.fileno()).st_size
-                log.seek(max(0, size - tail_bytes))
-            return log.read()
-    except FileNotFoundError:
-        return b""
