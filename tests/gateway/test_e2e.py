@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
@@ -46,7 +47,20 @@ class Traffic:
         self.upstreams: list[str] = []
         self.errors: list[str] = []
         self._stop = asyncio.Event()
+        self._go = asyncio.Event()
+        self._go.set()
+        self._in_flight = 0
         self._tasks: list[asyncio.Task[None]] = []
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """No traffic request in flight inside the block, so the gateway's in-flight counts are the test's."""
+        self._go.clear()
+        await self.wait_for(lambda: self._in_flight == 0, 10, "traffic paused")
+        try:
+            yield
+        finally:
+            self._go.set()
 
     async def __aenter__(self) -> Traffic:
         self._client = httpx.AsyncClient(base_url=self.url, timeout=10)
@@ -60,11 +74,15 @@ class Traffic:
 
     async def _run(self) -> None:
         while not self._stop.is_set():
+            await self._go.wait()
+            self._in_flight += 1
             try:
                 response = await self._client.get(self.path)
             except httpx.HTTPError as exc:
                 self.errors.append(repr(exc))
                 continue
+            finally:
+                self._in_flight -= 1
             self.statuses[response.status_code] += 1
             self.upstreams.append(response.headers.get("x-upstream", "?"))
 
@@ -94,14 +112,16 @@ async def test_live_changes_balance_drain_and_restart(tmp_path: Path) -> None:
                 assert share["A"] >= 150 and share["B"] >= 150, share
                 # Slow requests in flight on both targets, then B is removed: its requests finish.
                 async with httpx.AsyncClient(base_url=gw.proxy, timeout=10) as client:
-                    slow = [asyncio.create_task(client.get("/slow", params={"seconds": "1.5"})) for _ in range(6)]
-                    await asyncio.sleep(0)
 
                     def both_busy() -> bool:
                         targets = admin.get("/v1/stats").json()["targets"].get("web", {})
                         return all(targets.get(f"127.0.0.1:{p}", {}).get("in_flight", 0) > 0 for p in (port_a, port_b))
 
-                    await asyncio.to_thread(wait_until, both_busy, 10, "slow requests on both targets", 0.05)
+                    # Round-robin spreads them over both targets while no other request is picked in between.
+                    async with traffic.paused():
+                        slow = [asyncio.create_task(client.get("/slow", params={"seconds": "3"})) for _ in range(6)]
+                        await asyncio.sleep(0)
+                        await asyncio.to_thread(wait_until, both_busy, 10, "slow requests on both targets", 0.05)
                     response = admin.delete(f"/v1/services/web/targets/127.0.0.1:{port_b}")
                     assert response.status_code == 200
                     gw.sync(admin)
