@@ -1,11 +1,8 @@
 """The SQL layer every service uses: an async SQLAlchemy engine on SQLite (WAL, the default) or
 PostgreSQL, Alembic migrations run at start, and serialised writers on SQLite.
 
-A service whose statements are few and small may ask for `inline_sqlite`: on SQLite its `statements()`
-then run on the event loop's own thread through a synchronous engine. Measured on this kind of machine
-(`bench`-style, 300 iterations): `SELECT 1` costs 3 µs of CPU with sqlite3, 210 µs through aiosqlite's
-thread and ~1.1 ms through SQLAlchemy's async engine, all of it thread hand-offs. An SQLite statement
-blocks the loop for microseconds (WAL, `synchronous=NORMAL`: a commit does not fsync).
+On SQLite, sessions and `statements()` run inline on the event loop's thread (`servicekit.inline_sqlite`
+says why); the async engine is kept for migrations. PostgreSQL uses the async engine throughout.
 
 Each service subclasses `SqlDatabase` for its own `transaction()` (what a write must lock first and how
 a failed write is reported differs between them) and hands it its own migrations folder.
@@ -18,7 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from alembic import command
 from alembic.config import Config
@@ -26,7 +23,10 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, Result, ScalarResult, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import sessionmaker
 from sqlalchemy.sql import Executable
+
+from servicekit.inline_sqlite import InlineConnection, InlineSessionMaker
 
 
 class Statements(Protocol):
@@ -39,22 +39,6 @@ class Statements(Protocol):
     async def scalars(
         self, statement: Executable, parameters: Mapping[str, Any] | None = None
     ) -> ScalarResult[Any]: ...
-
-
-class _InlineConnection:
-    """A synchronous connection behind the `Statements` interface: each call runs at once, on this thread."""
-
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
-
-    async def execute(self, statement: Executable, parameters: Mapping[str, Any] | None = None) -> Result[Any]:
-        return self._connection.execute(statement, parameters)
-
-    async def scalar(self, statement: Executable, parameters: Mapping[str, Any] | None = None) -> Any:
-        return self._connection.scalar(statement, parameters)
-
-    async def scalars(self, statement: Executable, parameters: Mapping[str, Any] | None = None) -> ScalarResult[Any]:
-        return self._connection.scalars(statement, parameters)
 
 
 def normalise_url(url: str) -> str:
@@ -82,7 +66,7 @@ class SqlDatabase:
     """Owns the engine and the session factory. `migrations` is an Alembic script folder whose `env.py`
     runs on the connection found in `config.attributes["connection"]`."""
 
-    def __init__(self, url: str, *, migrations: Path, inline_sqlite: bool = False) -> None:
+    def __init__(self, url: str, *, migrations: Path) -> None:
         self.url = normalise_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         self.migrations = migrations
@@ -95,11 +79,16 @@ class SqlDatabase:
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.sessions: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
         self._inline: Engine | None = None
-        if self.is_sqlite and inline_sqlite:
+        if self.is_sqlite:
             self._inline = create_engine(make_url(self.url).set(drivername="sqlite+pysqlite"), **kwargs)
             event.listen(self._inline, "connect", _sqlite_pragmas)
+            # Duck-typed: InlineSession offers the AsyncSession methods the services use.
+            self.sessions = cast(
+                async_sessionmaker[AsyncSession],
+                InlineSessionMaker(sessionmaker(self._inline, expire_on_commit=False)),
+            )
         self._write_lock = asyncio.Lock()
 
     async def migrate(self) -> None:
@@ -119,13 +108,13 @@ class SqlDatabase:
     @asynccontextmanager
     async def statements(self, *, write: bool) -> AsyncIterator[Statements]:
         """One transaction of Core statements, committed when the block ends (rolled back on an exception);
-        a write one holds `serialised()`. Inline on SQLite when asked for (see the module's docstring).
+        a write one holds `serialised()`.
         Statements built once (with `bindparam`) and reused skip SQLAlchemy's per-statement construction,
         which costs more than SQLite's work."""
         async with self.serialised() if write else nullcontext():
             if self._inline is not None:
                 with self._inline.begin() as connection:
-                    yield _InlineConnection(connection)
+                    yield InlineConnection(connection)
             else:
                 async with self.engine.begin() as async_connection:
                     yield async_connection

@@ -65,7 +65,7 @@ Change = dict[str, Any]
 
 class GatewayDatabase(SqlDatabase):
     def __init__(self, url: str) -> None:
-        super().__init__(url, migrations=MIGRATIONS, inline_sqlite=True)
+        super().__init__(url, migrations=MIGRATIONS)
         self._changed = asyncio.Event()
 
     # Writes
