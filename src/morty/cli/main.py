@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -39,6 +40,7 @@ out = Console(highlight=False, soft_wrap=True, markup=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 STATE: dict[str, Any] = {"context": None, "debug": False}
 RUNTIMES_DIR = Path(__file__).resolve().parents[1] / "runtimes"
+FOLLOW_OVERLAP = timedelta(seconds=10)
 TEMPLATES = {"python3.11": RUNTIMES_DIR / "python" / "template", "node18": RUNTIMES_DIR / "node" / "template"}
 
 
@@ -135,7 +137,13 @@ def deploy(
     api = _api()
     config = function_config(settings)
     try:
-        api.get(f"/v1/functions/{name}")
+        existing = api.get(f"/v1/functions/{name}")
+        if existing["runtime"] != runtime:
+            raise CliError(
+                f"the name {name!r} is taken by a {existing['runtime']} function, and {path}/morty.yaml says "
+                f"{runtime}: rename it there, or `morty delete {name}` first",
+                1,
+            )
         if config:
             api.patch(f"/v1/functions/{name}", config)
     except CliError as exc:
@@ -338,26 +346,35 @@ def logs(
     limit: Annotated[int, typer.Option(help="the last N lines")] = 200,
     output: OutputOption = Output.TABLE,
 ) -> None:
-    """What a function's instances printed."""
+    """What a function's instances printed (with --follow, until Ctrl-C)."""
     api = _api()
     params: dict[str, Any] = {"limit": limit}
     if invocation:
         params["invocation"] = invocation
-    seen: set[tuple[str, str, str]] = set()
-    while True:
-        items = api.get(f"/v1/functions/{name}/logs", params=params)["items"]
-        for item in items:
-            key = (item["ts"], item["instance"], item["line"])
-            if key in seen:
-                continue
-            seen.add(key)
-            if output == Output.JSON:
-                out.print(json.dumps(item))
-            else:
-                out.print(f"{item['ts']} {item.get('invocation') or '-'} {item['line']}")
-        if not follow:
-            return
-        time.sleep(1)
+    shown: dict[tuple[str, str, str], datetime] = {}
+    try:
+        while True:
+            for item in api.get(f"/v1/functions/{name}/logs", params=params)["items"]:
+                key = (item["ts"], item["instance"], item["line"])
+                if key in shown:
+                    continue
+                shown[key] = datetime.fromisoformat(item["ts"])
+                if output == Output.JSON:
+                    out.print(json.dumps(item))
+                else:
+                    out.print(f"{item['ts']} {item.get('invocation') or '-'} {item['line']}")
+            if not follow:
+                return
+            sys.stdout.flush()
+            if shown:
+                # Asks again for a little before the newest line shown: lines collected late from another
+                # instance may carry an earlier timestamp; those already shown are skipped.
+                since = max(shown.values()) - FOLLOW_OVERLAP
+                shown = {key: ts for key, ts in shown.items() if ts >= since}
+                params |= {"since": since.isoformat(), "limit": 10_000}
+            time.sleep(1)
+    except KeyboardInterrupt:
+        return
 
 
 # Aliases and secrets ---------------------------------------------------------------------------------------------
@@ -422,7 +439,7 @@ def set_context(
     name: str,
     url: Annotated[str, typer.Option("--url", help="the gateway's URL")],
     token: Annotated[str | None, typer.Option("--token", help="the management token")] = None,
-    use: Annotated[bool, typer.Option("--use", help="make it the current context")] = True,
+    use: Annotated[bool, typer.Option("--use/--no-use", help="make it the current context")] = True,
 ) -> None:
     """Create or update a context."""
     if not url.startswith(("http://", "https://")):
@@ -467,7 +484,7 @@ def get_contexts(output: OutputOption = Output.TABLE) -> None:
 # The platform on this machine ---------------------------------------------------------------------------------
 
 
-DataDirOption = Annotated[Path, typer.Option("--data-dir", help="everything the platform keeps")]
+DataDirOption = Annotated[Path, typer.Option("--data-dir", envvar="MORTY_DATA", help="everything the platform keeps")]
 
 
 def _supervisor_pid(data_dir: Path) -> int | None:
@@ -492,23 +509,46 @@ def _show_status(status: dict[str, Any], output: Output) -> None:
     columns = [("SERVICE", "service"), ("PID", "pid"), ("RUNNING", "running"), ("HEALTHY", "healthy"),
                ("RESTARTS", "restarts"), ("LOG", "log")]  # fmt: skip
     _emit(status, output, columns, rows)
+    if output == Output.TABLE and status.get("vms"):
+        out.print(_vms_line(status["vms"]))
+
+
+def _vms_line(vms: dict[str, Any]) -> str:
+    if vms["available"]:
+        return "VMs: available; functions run as VMs unless their morty.yaml says `isolation: container`."
+    return (
+        f"VMs: NOT AVAILABLE ({vms['reason']}). Functions run as containers (isolation `container`); "
+        "a function asking for `isolation: vm` is refused."
+    )
 
 
 @app.command()
 def up(
     data_dir: DataDirOption = platform.DEFAULT_DATA_DIR,
-    ports_from: Annotated[int | None, typer.Option(help="use ports N, N+1, ... instead of the defaults")] = None,
-    bridge: Annotated[str, typer.Option(help="the riklet's bridge")] = platform.BRIDGE,
+    ports_from: Annotated[
+        int | None,
+        typer.Option(envvar="MORTY_PORTS_FROM", help="use ports N, N+1, ... instead of the defaults"),
+    ] = None,
+    bridge: Annotated[str, typer.Option(envvar="MORTY_BRIDGE", help="the riklet's bridge")] = platform.BRIDGE,
+    no_vm: Annotated[
+        bool, typer.Option("--no-vm", envvar="MORTY_NO_VM", help="run functions as containers, never as VMs")
+    ] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for every service")] = 600,
     output: OutputOption = Output.TABLE,
 ) -> None:
-    """Start the whole platform on this machine (registry, RIK, Morty APIs, gateway), supervised."""
+    """Start the whole platform on this machine (registry, RIK, Morty APIs, gateway), supervised.
+
+    Functions run as VMs where this host can run them; otherwise (or with --no-vm) as containers, and
+    `morty up` and `morty status` say so."""
     data_dir = data_dir.resolve()
-    if _supervisor_pid(data_dir) is None:
+    already_running = _supervisor_pid(data_dir) is not None
+    if not already_running:
         (data_dir / "logs").mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "morty.cli.platform", "--data-dir", str(data_dir), "--bridge", bridge]
         if ports_from is not None:
             argv += ["--ports-from", str(ports_from)]
+        if no_vm:
+            argv.append("--no-vm")
         with (data_dir / "logs" / "supervisor.log").open("ab") as log:
             supervisor = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -540,6 +580,8 @@ def up(
         out.print(json.dumps({**status, "url": url}, default=str))
         return
     _show_status(status, output)
+    if already_running and no_vm and status["vms"]["available"]:
+        out.print("The platform was already running with VMs: `morty down`, then `morty up --no-vm`.")
     out.print(f"\nThe platform is up: {url} (context `local`). Next: morty init hello && morty deploy hello")
 
 
@@ -590,12 +632,14 @@ def main() -> None:
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click's usage errors and anything unexpected: one line, unless --debug
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
+    except typer.TyperException as exc:  # usage errors (Typer's own click): usage, then the problem; exit 2
+        show = getattr(exc, "show", None)
+        if show is None:
+            err.print(f"error: {exc}")
+        else:
+            show()
+        sys.exit(getattr(exc, "exit_code", 2))
+    except Exception as exc:  # anything unexpected: one line, unless --debug
         if STATE["debug"]:
             raise
         err.print(f"error: {type(exc).__name__}: {exc}")
