@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -46,6 +47,40 @@ def ok(run: Run) -> Run:
     return run
 
 
+def fails(run: Run, code: int, message: str) -> None:
+    """The command failed with `code` and said why in one line naming `message`."""
+    assert (run.code, run.stdout) == (code, ""), f"exit {run.code}\n{run.stdout}\n{run.stderr}"
+    assert len(run.stderr.strip().splitlines()) == 1 and message in run.stderr, run.stderr
+
+
+async def follow_logs(env: dict[str, str]) -> None:
+    """`morty logs --follow` prints what is logged while it follows, and Ctrl-C ends it quietly with exit 0."""
+    follower = await asyncio.create_subprocess_exec(
+        *MORTY, "logs", "hello", "--follow", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert follower.stdout is not None and follower.stderr is not None
+    output, errors = follower.stdout, follower.stderr
+
+    async def shows(text: bytes) -> None:
+        while text not in (line := await output.readline()):
+            assert line, f"logs --follow ended: {(await errors.read()).decode()}"
+
+    try:
+        async with asyncio.timeout(60):
+            await shows(b"greeting Ada")  # logged before: the first lines
+            ok(await morty(env, "invoke", "hello", "-q", "name=Follow"))
+            await shows(b"greeting Follow")  # logged while it follows
+        follower.send_signal(signal.SIGINT)
+        async with asyncio.timeout(15):
+            code = await follower.wait()
+    finally:
+        if follower.returncode is None:
+            follower.kill()
+            await follower.wait()
+    stderr = (await errors.read()).decode()
+    assert code == 0 and "Traceback" not in stderr, stderr
+
+
 async def test_every_cli_command_as_a_user_runs_it(stack: Stack, tmp_path: Path) -> None:
     url = stack.gateway.proxy
     env = {k: v for k, v in os.environ.items() if not k.startswith("MORTY_")}
@@ -61,12 +96,18 @@ async def test_every_cli_command_as_a_user_runs_it(stack: Stack, tmp_path: Path)
             raise AssertionError("the gateway never forwarded /v1 to Morty APIs")
 
     # Contexts.
-    assert "no context" in (await morty(env, "config", "use-context", "nope")).stderr
-    ok(await morty(env, "config", "set-context", "local", "--url", url, "--token", TOKEN))
+    fails(await morty(env, "config", "use-context", "nope"), 2, "no context 'nope'")
+    ok(await morty(env, "config", "set-context", "elsewhere", "--url", "http://127.0.0.1:9"))
+    ok(await morty(env, "config", "set-context", "local", "--url", url, "--token", TOKEN, "--no-use"))
+    assert "elsewhere http://127.0.0.1:9" in ok(await morty(env, "config", "current-context")).stdout
+    assert "using context local" in ok(await morty(env, "config", "use-context", "local")).stdout
     current = ok(await morty(env, "config", "current-context", "-o", "json")).json()
     assert current == {"name": "local", "url": url, "token_set": True}
     contexts = ok(await morty(env, "config", "get-contexts", "-o", "json")).json()["items"]
-    assert contexts == [{"current": "*", "name": "local", "url": url}]
+    assert contexts == [
+        {"current": "", "name": "elsewhere", "url": "http://127.0.0.1:9"},
+        {"current": "*", "name": "local", "url": url},
+    ]
     assert "local" in ok(await morty(env, "config", "get-contexts")).stdout
 
     runtimes = ok(await morty(env, "runtimes", "-o", "json")).json()["items"]
@@ -93,6 +134,7 @@ async def test_every_cli_command_as_a_user_runs_it(stack: Stack, tmp_path: Path)
     ]
     assert [line["line"] for line in lines] == ["greeting Ada"] and lines[0]["invocation"] == invocation
     assert "greeting Ada" in ok(await morty(env, "logs", "hello")).stdout
+    await follow_logs(env)
     posted = ok(await morty(env, "invoke", "hello", "-X", "POST", "-d", "@" + str(project / "morty.yaml")))
     assert json.loads(posted.stdout) == {"message": "Hello, world!"}
 
@@ -127,16 +169,36 @@ async def test_every_cli_command_as_a_user_runs_it(stack: Stack, tmp_path: Path)
     assert [s["name"] for s in secrets.json()["items"]] == ["API_KEY"] and "v3ry-s3cret" not in secrets.stdout
     ok(await morty(env, "secrets", "delete", "hello", "API_KEY"))
 
-    # Errors: one line, meaningful exit codes.
-    missing = await morty(env, "describe", "nope")
-    assert missing.code == 1 and missing.stderr.strip().startswith("error: 404:") and "Traceback" not in missing.stderr
-    assert len(missing.stderr.strip().splitlines()) == 1
-    bad_header = await morty(env, "invoke", "hello", "-H", "no-colon")
-    assert bad_header.code == 2 and "is not 'Name: value'" in bad_header.stderr
-    assert (await morty(env, "deploy", str(tmp_path / "nowhere"))).code == 2
-    unreachable = await morty({**env, "MORTY_URL": "http://127.0.0.1:9"}, "list")
-    assert unreachable.code == 3 and "cannot reach" in unreachable.stderr
-    assert (await morty(env, "scale", "hello")).code == 2
+    # Bad input: one line on stderr, a meaningful exit code, and nothing half-created.
+    fails(await morty(env, "describe", "nope"), 1, "error: 404: no function named 'nope'")
+    fails(await morty(env, "invoke", "hello", "-H", "no-colon"), 2, "is not 'Name: value'")
+    fails(await morty(env, "deploy", str(tmp_path / "nowhere")), 2, "is not a directory")
+    fails(await morty(env, "scale", "hello"), 2, "give --min and/or --max")
+    usage = await morty(env, "list", "--bogus")
+    assert usage.code == 2 and "No such option: --bogus" in usage.stderr and "Traceback" not in usage.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fails(await morty(env, "deploy", str(empty)), 2, f"no morty.yaml in {empty}; create one with `morty init`")
+    fails(await morty(env, "init", "cobol", "--runtime", "cobol85"), 2, "unknown runtime 'cobol85'; known: node18")
+    assert not (tmp_path / "cobol").exists()
+    fails(await morty(env, "init", "hello", "--dir", str(project)), 2, f"{project} exists and is not empty")
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    (unknown / "morty.yaml").write_text("name: unknown\nruntime: cobol85\n")
+    fails(await morty(env, "deploy", str(unknown)), 1, "error: 422: invalid request: runtime")
+    taken = tmp_path / "taken"
+    ok(await morty(env, "init", "hello", "--runtime", "node18", "--dir", str(taken)))
+    assert {p.name for p in taken.iterdir()} >= {"morty.yaml", "main.js", "package.json"}
+    fails(await morty(env, "deploy", str(taken)), 1, "the name 'hello' is taken by a python3.11 function")
+    wrong_token = await morty({**env, "MORTY_TOKEN": "not-the-token"}, "list")
+    fails(wrong_token, 1, "error: 401: invalid bearer token: check the token of context local")
+    fails(await morty({**env, "MORTY_URL": "http://127.0.0.1:9"}, "list"), 3, "cannot reach http://127.0.0.1:9")
+    listed = ok(await morty(env, "list", "-o", "json")).json()["items"]
+    assert [f["name"] for f in listed] == ["hello"]
+    assert [v["version"] for v in ok(await morty(env, "versions", "hello", "-o", "json")).json()["items"]] == [
+        "0.1.1",
+        "0.1.0",
+    ]
 
     ok(await morty(env, "delete", "hello", "--yes"))
     assert ok(await morty(env, "list", "-o", "json")).json()["items"] == []
