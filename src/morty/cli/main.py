@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -81,6 +82,11 @@ def _emit(data: Any, output: Output, columns: list[tuple[str, str]], rows: list[
     out.print(table)
 
 
+def _done(output: Output, data: dict[str, Any], text: str) -> None:
+    """What a command did: `text` for people, `data` as one JSON object with -o json."""
+    out.print(json.dumps(data, default=str) if output == Output.JSON else text)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
@@ -97,8 +103,9 @@ def init(
     name: Annotated[str, typer.Argument(help="the function's name (a DNS label)")],
     runtime: Annotated[str, typer.Option("--runtime", "-r", help="python3.11 or node18")] = "python3.11",
     directory: Annotated[Path | None, typer.Option("--dir", help="where to create it (default ./NAME)")] = None,
+    output: OutputOption = Output.TABLE,
 ) -> None:
-    """Create a function from its runtime's template."""
+    """Create a function from its runtime's template. JSON: name, runtime, directory."""
     template = TEMPLATES.get(runtime)
     if template is None:
         raise CliError(f"unknown runtime {runtime!r}; known: {', '.join(sorted(TEMPLATES))}", 2)
@@ -109,7 +116,11 @@ def init(
     for source in sorted(template.iterdir()):
         if source.is_file():
             (target / source.name).write_text(source.read_text().replace("{{name}}", name))
-    out.print(f"created {name} ({runtime}) in {target}: edit its handler, then `morty deploy {target}`")
+    _done(
+        output,
+        {"name": name, "runtime": runtime, "directory": str(target.resolve())},
+        f"created {name} ({runtime}) in {target}: edit its handler, then `morty deploy {target}`",
+    )
 
 
 def _next_version(api: Api, name: str) -> str:
@@ -244,13 +255,15 @@ def versions(name: str, output: OutputOption = Output.TABLE) -> None:
 
 @app.command()
 def delete(
-    name: str, yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    output: OutputOption = Output.TABLE,
 ) -> None:
-    """Delete a function with its versions, instances, images and code."""
+    """Delete a function with its versions, instances, images and code. JSON: name and what was deleted (counts)."""
     if not yes and not typer.confirm(f"delete {name} and everything it has?"):
         raise CliError("not deleted", 1)
     deleted = _api().delete(f"/v1/functions/{name}")
-    out.print(f"deleted {name} ({deleted.get('versions', 0)} versions)")
+    _done(output, deleted, f"deleted {name} ({deleted.get('versions', 0)} versions)")
 
 
 @app.command()
@@ -266,10 +279,7 @@ def scale(
         raise CliError("give --min and/or --max", 2)
     function = _api().patch(f"/v1/functions/{name}", patch)
     config = function.get("config", function)
-    if output == Output.JSON:
-        out.print(json.dumps(function, default=str))
-    else:
-        out.print(f"{name}: min {config['min_instances']}, max {config['max_instances']}")
+    _done(output, function, f"{name}: min {config['min_instances']}, max {config['max_instances']}")
 
 
 @app.command()
@@ -292,7 +302,12 @@ def invoke(
     query: Annotated[list[str] | None, typer.Option("-q", "--query", help="k=v, repeatable")] = None,
     version: Annotated[str | None, typer.Option("--version", help="a version or alias")] = None,
     path: Annotated[str, typer.Option("--path", help="path after the function's URL")] = "/",
-    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="status, timing and invocation id")] = False,
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="status, invocation id, cold or warm, and timing phases")
+    ] = False,
+    output: Annotated[
+        Output, typer.Option("--output", "-o", help="table: the body as is; json: status, headers, body, ...")
+    ] = Output.TABLE,
 ) -> None:
     """Call a function through the gateway and print its response."""
     headers: dict[str, str] = {}
@@ -316,6 +331,8 @@ def invoke(
                 raise CliError(f"cannot read {data[1:]}: {exc.strerror}", 2) from None
         else:
             body = data.encode()
+    if not any(key.lower() == "x-request-id" for key in headers):
+        headers["X-Request-Id"] = uuid.uuid4().hex  # the gateway records the invocation under this id
     api = _api()
     # A plain client: the management token is never sent to a function.
     plain = httpx.Client(base_url=api.context.url, timeout=api.http.timeout, trust_env=False)
@@ -328,14 +345,40 @@ def invoke(
     finally:
         plain.close()
     elapsed = (time.perf_counter() - started) * 1000
+    invocation = response.headers.get("x-morty-invocation-id") or response.headers.get("x-request-id") or "-"
     if verbose:
-        invocation = response.headers.get("x-morty-invocation-id") or response.headers.get("x-request-id") or "-"
         err.print(f"{response.status_code} {response.reason_phrase} in {elapsed:.1f} ms (invocation {invocation})")
-    sys.stdout.write(response.text)
-    if response.text and not response.text.endswith("\n"):
-        sys.stdout.write("\n")
+        err.print(_phases(api, name, invocation))
+    if output == Output.JSON:
+        answer = {"status": response.status_code, "headers": dict(response.headers), "body": response.text}
+        out.print(json.dumps({**answer, "invocation": invocation, "elapsed_ms": round(elapsed, 1)}))
+    else:
+        sys.stdout.write(response.text)
+        if response.text and not response.text.endswith("\n"):
+            sys.stdout.write("\n")
     if response.status_code >= 400:
         raise typer.Exit(1)
+
+
+def _phases(api: Api, name: str, invocation: str, within: float = 5.0) -> str:
+    """The gateway's record of the invocation (it ships records every second): cold or warm, and where the time
+    went."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            items = api.get(f"/v1/functions/{name}/invocations", params={"limit": 50})["items"]
+        except CliError as exc:
+            return f"no invocation record: {exc.message}"
+        record = next((item for item in items if item["id"] == invocation), None)
+        if record is not None:
+            start = "warm" if record["path"] == "warm" else f"cold start ({record['path']})"
+            return (
+                f"{start}: queued {record['queue_ms']:.1f} ms, instance {record['provision_ms']:.1f} ms, "
+                f"function {record['upstream_ms']:.1f} ms, {record['duration_ms']:.1f} ms in the gateway"
+            )
+        if time.monotonic() > deadline:
+            return f"no invocation record yet; later: `morty logs {name} -i {invocation}`"
+        time.sleep(0.3)
 
 
 @app.command()
@@ -381,16 +424,16 @@ def logs(
 
 
 @alias_app.command("set")
-def alias_set(name: str, alias: str, version: str) -> None:
-    """Point ALIAS of function NAME at VERSION (created if new)."""
+def alias_set(name: str, alias: str, version: str, output: OutputOption = Output.TABLE) -> None:
+    """Point ALIAS of function NAME at VERSION (created if new). JSON: the alias (name, version, ...)."""
     api = _api()
     try:
-        api.patch(f"/v1/functions/{name}/aliases/{alias}", {"version": version})
+        set_alias = api.patch(f"/v1/functions/{name}/aliases/{alias}", {"version": version})
     except CliError as exc:
         if not exc.message.startswith("404"):
             raise
-        api.post(f"/v1/functions/{name}/aliases", {"name": alias, "version": version})
-    out.print(f"{name}@{alias} -> {version}")
+        set_alias = api.post(f"/v1/functions/{name}/aliases", {"name": alias, "version": version})
+    _done(output, set_alias, f"{name}@{alias} -> {version}")
 
 
 @alias_app.command("list")
@@ -400,9 +443,9 @@ def alias_list(name: str, output: OutputOption = Output.TABLE) -> None:
 
 
 @alias_app.command("delete")
-def alias_delete(name: str, alias: str) -> None:
+def alias_delete(name: str, alias: str, output: OutputOption = Output.TABLE) -> None:
     _api().delete(f"/v1/functions/{name}/aliases/{alias}")
-    out.print(f"deleted {name}@{alias}")
+    _done(output, {"function": name, "alias": alias, "deleted": True}, f"deleted {name}@{alias}")
 
 
 @secrets_app.command("set")
@@ -412,11 +455,12 @@ def secret_set(
     value: Annotated[
         str | None, typer.Argument(help="default: read from stdin (keeps it out of shell history)")
     ] = None,
+    output: OutputOption = Output.TABLE,
 ) -> None:
     """Store secret KEY of function NAME (encrypted at rest; never shown again)."""
     secret = value if value is not None else sys.stdin.read().rstrip("\n")
     _api().put(f"/v1/functions/{name}/secrets/{key}", {"value": secret})
-    out.print(f"secret {key} of {name} stored")
+    _done(output, {"function": name, "secret": key, "stored": True}, f"secret {key} of {name} stored")
 
 
 @secrets_app.command("list")
@@ -426,9 +470,9 @@ def secret_list(name: str, output: OutputOption = Output.TABLE) -> None:
 
 
 @secrets_app.command("delete")
-def secret_delete(name: str, key: str) -> None:
+def secret_delete(name: str, key: str, output: OutputOption = Output.TABLE) -> None:
     _api().delete(f"/v1/functions/{name}/secrets/{key}")
-    out.print(f"secret {key} of {name} deleted")
+    _done(output, {"function": name, "secret": key, "deleted": True}, f"secret {key} of {name} deleted")
 
 
 # Contexts --------------------------------------------------------------------------------------------------------
@@ -440,8 +484,9 @@ def set_context(
     url: Annotated[str, typer.Option("--url", help="the gateway's URL")],
     token: Annotated[str | None, typer.Option("--token", help="the management token")] = None,
     use: Annotated[bool, typer.Option("--use/--no-use", help="make it the current context")] = True,
+    output: OutputOption = Output.TABLE,
 ) -> None:
-    """Create or update a context."""
+    """Create or update a context. JSON: name, url, token_set, current, path."""
     if not url.startswith(("http://", "https://")):
         raise CliError(f"--url must start with http:// or https://, not {url!r}", 2)
     data = cli_config.load()
@@ -449,17 +494,18 @@ def set_context(
     if use:
         data["current-context"] = name
     path = cli_config.save(data)
-    out.print(f"context {name} saved in {path}" + (" and in use" if use else ""))
+    saved = {"name": name, "url": url.rstrip("/"), "token_set": token is not None, "current": use, "path": str(path)}
+    _done(output, saved, f"context {name} saved in {path}" + (" and in use" if use else ""))
 
 
 @config_app.command("use-context")
-def use_context(name: str) -> None:
+def use_context(name: str, output: OutputOption = Output.TABLE) -> None:
     data = cli_config.load()
     if name not in data["contexts"]:
         raise CliError(f"no context {name!r}; see `morty config get-contexts`", 2)
     data["current-context"] = name
     cli_config.save(data)
-    out.print(f"using context {name}")
+    _done(output, {"current-context": name}, f"using context {name}")
 
 
 @config_app.command("current-context")
@@ -600,11 +646,13 @@ def status(data_dir: DataDirOption = platform.DEFAULT_DATA_DIR, output: OutputOp
 def down(
     data_dir: DataDirOption = platform.DEFAULT_DATA_DIR,
     timeout: Annotated[float, typer.Option(help="seconds to wait for everything to stop")] = 180,
+    output: OutputOption = Output.TABLE,
 ) -> None:
-    """Stop the platform and remove every instance it ran (state stays in the data directory)."""
+    """Stop the platform and remove every instance it ran (state stays in the data directory).
+    JSON: was_running."""
     pid = _supervisor_pid(data_dir.resolve())
     if pid is None:
-        out.print("the platform is not running")
+        _done(output, {"was_running": False}, "the platform is not running")
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -613,7 +661,7 @@ def down(
             if time.monotonic() > deadline:
                 raise CliError(f"the supervisor (pid {pid}) is still stopping after {timeout:.0f}s", 1)
             time.sleep(0.2)
-    out.print("the platform is down")
+    _done(output, {"was_running": True}, "the platform is down")
 
 
 def main() -> None:

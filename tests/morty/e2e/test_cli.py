@@ -98,7 +98,10 @@ async def test_every_cli_command_as_a_user_runs_it(stack: Stack, tmp_path: Path)
     # Contexts.
     fails(await morty(env, "config", "use-context", "nope"), 2, "no context 'nope'")
     ok(await morty(env, "config", "set-context", "elsewhere", "--url", "http://127.0.0.1:9"))
-    ok(await morty(env, "config", "set-context", "local", "--url", url, "--token", TOKEN, "--no-use"))
+    saved = ok(
+        await morty(env, "config", "set-context", "local", "--url", url, "--token", TOKEN, "--no-use", "-o", "json")
+    )
+    assert (saved.json()["current"], saved.json()["token_set"], saved.json()["url"]) == (False, True, url)
     assert "elsewhere http://127.0.0.1:9" in ok(await morty(env, "config", "current-context")).stdout
     assert "using context local" in ok(await morty(env, "config", "use-context", "local")).stdout
     current = ok(await morty(env, "config", "current-context", "-o", "json")).json()
@@ -116,7 +119,8 @@ async def test_every_cli_command_as_a_user_runs_it(stack: Stack, tmp_path: Path)
 
     # init -> deploy -> invoke -> logs.
     project = tmp_path / "hello"
-    ok(await morty(env, "init", "hello", "--runtime", "python3.11", "--dir", str(project)))
+    created = ok(await morty(env, "init", "hello", "--runtime", "python3.11", "--dir", str(project), "-o", "json"))
+    assert created.json() == {"name": "hello", "runtime": "python3.11", "directory": str(project)}
     assert (project / "main.py").is_file() and 'name: "hello"' in (project / "morty.yaml").read_text()
     with (project / "morty.yaml").open("a") as config:
         config.write("isolation: container\nidle_timeout: 600\n")
@@ -128,6 +132,7 @@ async def test_every_cli_command_as_a_user_runs_it(stack: Stack, tmp_path: Path)
     found = re.search(r"^200 OK in [0-9.]+ ms \(invocation (\S+)\)", invoked.stderr, re.MULTILINE)
     assert found, invoked.stderr
     invocation = found.group(1)
+    assert re.search(r"^cold start \(booted\): queued [0-9.]+ ms, instance [0-9.]+ ms, function", invoked.stderr, re.M)
     lines = [
         json.loads(line)
         for line in ok(await morty(env, "logs", "hello", "-i", invocation, "-o", "json")).stdout.splitlines()
@@ -135,8 +140,9 @@ async def test_every_cli_command_as_a_user_runs_it(stack: Stack, tmp_path: Path)
     assert [line["line"] for line in lines] == ["greeting Ada"] and lines[0]["invocation"] == invocation
     assert "greeting Ada" in ok(await morty(env, "logs", "hello")).stdout
     await follow_logs(env)
-    posted = ok(await morty(env, "invoke", "hello", "-X", "POST", "-d", "@" + str(project / "morty.yaml")))
+    posted = ok(await morty(env, "invoke", "hello", "-X", "POST", "-d", "@" + str(project / "morty.yaml"), "-v"))
     assert json.loads(posted.stdout) == {"message": "Hello, world!"}
+    assert re.search(r"^warm: queued [0-9.]+ ms, instance [0-9.]+ ms, function [0-9.]+ ms", posted.stderr, re.M)
 
     # list, describe, versions.
     listed = ok(await morty(env, "list", "-o", "json")).json()["items"]
@@ -152,22 +158,27 @@ async def test_every_cli_command_as_a_user_runs_it(stack: Stack, tmp_path: Path)
     assert second["version"] == "0.1.1"
     versions = ok(await morty(env, "versions", "hello", "-o", "json")).json()["items"]
     assert [v["version"] for v in versions] == ["0.1.1", "0.1.0"]
-    ok(await morty(env, "alias", "set", "hello", "prod", "0.1.0"))
+    assert ok(await morty(env, "alias", "set", "hello", "prod", "0.1.0", "-o", "json")).json()["version"] == "0.1.0"
     assert ok(await morty(env, "alias", "list", "hello", "-o", "json")).json()["items"][0]["version"] == "0.1.0"
-    ok(await morty(env, "alias", "set", "hello", "prod", "0.1.1"))
+    assert "hello@prod -> 0.1.1" in ok(await morty(env, "alias", "set", "hello", "prod", "0.1.1")).stdout
     assert "prod" in ok(await morty(env, "alias", "list", "hello")).stdout
-    assert json.loads(ok(await morty(env, "invoke", "hello", "--version", "prod")).stdout) == {
-        "message": "Hello, world!"
-    }
-    ok(await morty(env, "alias", "delete", "hello", "prod"))
+    answer = ok(await morty(env, "invoke", "hello", "--version", "prod", "-o", "json")).json()
+    assert (answer["status"], json.loads(answer["body"])) == (200, {"message": "Hello, world!"})
+    assert answer["headers"]["content-type"].startswith("application/json") and answer["invocation"]
+    gone = {"function": "hello", "alias": "prod", "deleted": True}
+    assert ok(await morty(env, "alias", "delete", "hello", "prod", "-o", "json")).json() == gone
 
     # scale, secrets.
     scaled = ok(await morty(env, "scale", "hello", "--min", "0", "--max", "3", "-o", "json")).json()
     assert (scaled["min_instances"], scaled["max_instances"]) == (0, 3)
-    ok(await morty(env, "secrets", "set", "hello", "API_KEY", stdin="v3ry-s3cret\n"))
+    assert (
+        "secret API_KEY of hello stored"
+        in ok(await morty(env, "secrets", "set", "hello", "API_KEY", stdin="v3ry-s3cret\n")).stdout
+    )
     secrets = ok(await morty(env, "secrets", "list", "hello", "-o", "json"))
     assert [s["name"] for s in secrets.json()["items"]] == ["API_KEY"] and "v3ry-s3cret" not in secrets.stdout
-    ok(await morty(env, "secrets", "delete", "hello", "API_KEY"))
+    removed = ok(await morty(env, "secrets", "delete", "hello", "API_KEY", "-o", "json")).json()
+    assert removed == {"function": "hello", "secret": "API_KEY", "deleted": True}
 
     # Bad input: one line on stderr, a meaningful exit code, and nothing half-created.
     fails(await morty(env, "describe", "nope"), 1, "error: 404: no function named 'nope'")
@@ -200,5 +211,6 @@ async def test_every_cli_command_as_a_user_runs_it(stack: Stack, tmp_path: Path)
         "0.1.0",
     ]
 
-    ok(await morty(env, "delete", "hello", "--yes"))
+    deleted = ok(await morty(env, "delete", "hello", "--yes", "-o", "json")).json()
+    assert (deleted["name"], deleted["versions"], deleted["aliases"]) == ("hello", 2, 0)
     assert ok(await morty(env, "list", "-o", "json")).json()["items"] == []
