@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,6 +43,9 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 STATE: dict[str, Any] = {"context": None, "debug": False}
 RUNTIMES_DIR = Path(__file__).resolve().parents[1] / "runtimes"
 FOLLOW_OVERLAP = timedelta(seconds=10)
+FUNCTION_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+"""A DNS label, as Morty APIs require."""
+STARTING = {"riklet": "riklet (probing runtimes; the first run provisions the VM guest kernel)"}
 TEMPLATES = {"python3.11": RUNTIMES_DIR / "python" / "template", "node18": RUNTIMES_DIR / "node" / "template"}
 
 
@@ -106,6 +110,8 @@ def init(
     output: OutputOption = Output.TABLE,
 ) -> None:
     """Create a function from its runtime's template. JSON: name, runtime, directory."""
+    if not FUNCTION_NAME.match(name):
+        raise CliError(f"{name!r} is not a function name: lowercase letters, digits and '-', 1-63, no '-' at an end", 2)
     template = TEMPLATES.get(runtime)
     if template is None:
         raise CliError(f"unknown runtime {runtime!r}; known: {', '.join(sorted(TEMPLATES))}", 2)
@@ -612,7 +618,7 @@ def up(
                     raise CliError(f"the platform did not start within {timeout:.0f}s (logs in {data_dir}/logs)", 1)
                 if status is not None:
                     waiting = [name for name, s in status["services"].items() if not s["healthy"]]
-                    progress.update(f"starting: {', '.join(waiting)}")
+                    progress.update(f"starting: {', '.join(STARTING.get(name, name) for name in waiting)}")
                 time.sleep(0.2)
     status = _status(data_dir)
     if status is None:

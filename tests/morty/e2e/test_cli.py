@@ -190,8 +190,18 @@ async def test_every_cli_command_as_a_user_runs_it(stack: Stack, tmp_path: Path)
     empty = tmp_path / "empty"
     empty.mkdir()
     fails(await morty(env, "deploy", str(empty)), 2, f"no morty.yaml in {empty}; create one with `morty init`")
-    fails(await morty(env, "init", "cobol", "--runtime", "cobol85"), 2, "unknown runtime 'cobol85'; known: node18")
+    fails(
+        await morty(env, "init", "cobol", "--runtime", "cobol85", "--dir", str(tmp_path / "cobol")),
+        2,
+        "unknown runtime 'cobol85'; known: node18",
+    )
     assert not (tmp_path / "cobol").exists()
+    fails(
+        await morty(env, "init", "Bad_Name", "--dir", str(tmp_path / "Bad_Name")),
+        2,
+        "'Bad_Name' is not a function name",
+    )
+    assert not (tmp_path / "Bad_Name").exists()
     fails(await morty(env, "init", "hello", "--dir", str(project)), 2, f"{project} exists and is not empty")
     unknown = tmp_path / "unknown"
     unknown.mkdir()
