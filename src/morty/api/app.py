@@ -150,7 +150,12 @@ def create_app(
     instance_logs: InstanceLogs | None = None
     if orchestrator is not None:
         deployer = Deployer(
-            db, box, orchestrator, DeploySettings(timeout=settings.deploy_timeout, snapshots=settings.snapshots)
+            db,
+            box,
+            orchestrator,
+            DeploySettings(
+                timeout=settings.deploy_timeout, snapshots=settings.snapshots, vm_unavailable=settings.vm_unavailable
+            ),
         )
         instances = Instances(
             db, orchestrator, ScalingSettings(provision_timeout=settings.provision_timeout, tick=settings.scaling_tick)

@@ -45,6 +45,8 @@ class DeploySettings:
     retry_delay: float = 2.0
     concurrency: int = 1
     """Deployments at once: each VM deployment boots a VM, and boots competing for CPU all time out together."""
+    vm_unavailable: str = ""
+    """Why VMs cannot run here (empty: they can): a function made `vm` before then fails to deploy, saying so."""
 
 
 def deployment_key(function: str, version_id: str) -> str:
@@ -160,6 +162,12 @@ class Deployer:
                 version.deployment_key = deployment_key(function.name, version.id)
             secrets = await store.secret_values(session, self._box, function.name)
             isolation = OrchestratorIsolation(Isolation(function.isolation).value)
+            if isolation == OrchestratorIsolation.VM and self.settings.vm_unavailable:
+                raise OrchestratorError(
+                    "NoVMs",
+                    f"VMs are not available on this platform ({self.settings.vm_unavailable}); "
+                    "set the function's isolation to container",
+                )
             return DeploymentSpec(
                 key=version.deployment_key,
                 image=image_reference(version.image, version.digest),

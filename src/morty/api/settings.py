@@ -51,6 +51,9 @@ class Settings:
     gateway_token: str | None = None
     gateway_provision_url: str = ""
     """Morty's `POST /v1/provision` as the gateway reaches it (default: `<public_url>/v1/provision`)."""
+    vm_unavailable: str = ""
+    """Empty: VMs can run. Otherwise why they cannot (e.g. `morty up --no-vm`): new functions default to container
+    isolation and asking for `vm` is refused with this reason."""
 
     @property
     def database(self) -> str:
@@ -88,4 +91,5 @@ class Settings:
             gateway_url=env.get("MORTY_GATEWAY_URL", ""),
             gateway_token=env.get("MORTY_GATEWAY_TOKEN") or None,
             gateway_provision_url=env.get("MORTY_GATEWAY_PROVISION_URL", ""),
+            vm_unavailable=env.get("MORTY_VM_UNAVAILABLE", ""),
         )

@@ -34,6 +34,9 @@ class Api:
             raise CliError(f"{self.context.url} did not answer in time ({method} {path})", 3) from None
         except httpx.TransportError as exc:
             raise CliError(f"cannot reach {self.context.url}: {exc.__class__.__name__}: {exc}", 3) from None
+        if response.status_code == 401:
+            hint = f"check the token of context {self.context.name} (`morty config set-context`)"
+            raise CliError(f"{_message(response)}: {hint}", 1)
         if response.status_code >= 400:
             raise CliError(_message(response), 1)
         if response.status_code == 204 or not response.content:

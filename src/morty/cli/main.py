@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import uuid
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -39,6 +42,10 @@ out = Console(highlight=False, soft_wrap=True, markup=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 STATE: dict[str, Any] = {"context": None, "debug": False}
 RUNTIMES_DIR = Path(__file__).resolve().parents[1] / "runtimes"
+FOLLOW_OVERLAP = timedelta(seconds=10)
+FUNCTION_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+"""A DNS label, as Morty APIs require."""
+STARTING = {"riklet": "riklet (probing runtimes; the first run provisions the VM guest kernel)"}
 TEMPLATES = {"python3.11": RUNTIMES_DIR / "python" / "template", "node18": RUNTIMES_DIR / "node" / "template"}
 
 
@@ -79,6 +86,11 @@ def _emit(data: Any, output: Output, columns: list[tuple[str, str]], rows: list[
     out.print(table)
 
 
+def _done(output: Output, data: dict[str, Any], text: str) -> None:
+    """What a command did: `text` for people, `data` as one JSON object with -o json."""
+    out.print(json.dumps(data, default=str) if output == Output.JSON else text)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
@@ -95,8 +107,11 @@ def init(
     name: Annotated[str, typer.Argument(help="the function's name (a DNS label)")],
     runtime: Annotated[str, typer.Option("--runtime", "-r", help="python3.11 or node18")] = "python3.11",
     directory: Annotated[Path | None, typer.Option("--dir", help="where to create it (default ./NAME)")] = None,
+    output: OutputOption = Output.TABLE,
 ) -> None:
-    """Create a function from its runtime's template."""
+    """Create a function from its runtime's template. JSON: name, runtime, directory."""
+    if not FUNCTION_NAME.match(name):
+        raise CliError(f"{name!r} is not a function name: lowercase letters, digits and '-', 1-63, no '-' at an end", 2)
     template = TEMPLATES.get(runtime)
     if template is None:
         raise CliError(f"unknown runtime {runtime!r}; known: {', '.join(sorted(TEMPLATES))}", 2)
@@ -107,7 +122,11 @@ def init(
     for source in sorted(template.iterdir()):
         if source.is_file():
             (target / source.name).write_text(source.read_text().replace("{{name}}", name))
-    out.print(f"created {name} ({runtime}) in {target}: edit its handler, then `morty deploy {target}`")
+    _done(
+        output,
+        {"name": name, "runtime": runtime, "directory": str(target.resolve())},
+        f"created {name} ({runtime}) in {target}: edit its handler, then `morty deploy {target}`",
+    )
 
 
 def _next_version(api: Api, name: str) -> str:
@@ -135,7 +154,13 @@ def deploy(
     api = _api()
     config = function_config(settings)
     try:
-        api.get(f"/v1/functions/{name}")
+        existing = api.get(f"/v1/functions/{name}")
+        if existing["runtime"] != runtime:
+            raise CliError(
+                f"the name {name!r} is taken by a {existing['runtime']} function, and {path}/morty.yaml says "
+                f"{runtime}: rename it there, or `morty delete {name}` first",
+                1,
+            )
         if config:
             api.patch(f"/v1/functions/{name}", config)
     except CliError as exc:
@@ -236,13 +261,15 @@ def versions(name: str, output: OutputOption = Output.TABLE) -> None:
 
 @app.command()
 def delete(
-    name: str, yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    output: OutputOption = Output.TABLE,
 ) -> None:
-    """Delete a function with its versions, instances, images and code."""
+    """Delete a function with its versions, instances, images and code. JSON: name and what was deleted (counts)."""
     if not yes and not typer.confirm(f"delete {name} and everything it has?"):
         raise CliError("not deleted", 1)
     deleted = _api().delete(f"/v1/functions/{name}")
-    out.print(f"deleted {name} ({deleted.get('versions', 0)} versions)")
+    _done(output, deleted, f"deleted {name} ({deleted.get('versions', 0)} versions)")
 
 
 @app.command()
@@ -258,10 +285,7 @@ def scale(
         raise CliError("give --min and/or --max", 2)
     function = _api().patch(f"/v1/functions/{name}", patch)
     config = function.get("config", function)
-    if output == Output.JSON:
-        out.print(json.dumps(function, default=str))
-    else:
-        out.print(f"{name}: min {config['min_instances']}, max {config['max_instances']}")
+    _done(output, function, f"{name}: min {config['min_instances']}, max {config['max_instances']}")
 
 
 @app.command()
@@ -284,7 +308,12 @@ def invoke(
     query: Annotated[list[str] | None, typer.Option("-q", "--query", help="k=v, repeatable")] = None,
     version: Annotated[str | None, typer.Option("--version", help="a version or alias")] = None,
     path: Annotated[str, typer.Option("--path", help="path after the function's URL")] = "/",
-    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="status, timing and invocation id")] = False,
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="status, invocation id, cold or warm, and timing phases")
+    ] = False,
+    output: Annotated[
+        Output, typer.Option("--output", "-o", help="table: the body as is; json: status, headers, body, ...")
+    ] = Output.TABLE,
 ) -> None:
     """Call a function through the gateway and print its response."""
     headers: dict[str, str] = {}
@@ -308,6 +337,8 @@ def invoke(
                 raise CliError(f"cannot read {data[1:]}: {exc.strerror}", 2) from None
         else:
             body = data.encode()
+    if not any(key.lower() == "x-request-id" for key in headers):
+        headers["X-Request-Id"] = uuid.uuid4().hex  # the gateway records the invocation under this id
     api = _api()
     # A plain client: the management token is never sent to a function.
     plain = httpx.Client(base_url=api.context.url, timeout=api.http.timeout, trust_env=False)
@@ -320,14 +351,40 @@ def invoke(
     finally:
         plain.close()
     elapsed = (time.perf_counter() - started) * 1000
+    invocation = response.headers.get("x-morty-invocation-id") or response.headers.get("x-request-id") or "-"
     if verbose:
-        invocation = response.headers.get("x-morty-invocation-id") or response.headers.get("x-request-id") or "-"
         err.print(f"{response.status_code} {response.reason_phrase} in {elapsed:.1f} ms (invocation {invocation})")
-    sys.stdout.write(response.text)
-    if response.text and not response.text.endswith("\n"):
-        sys.stdout.write("\n")
+        err.print(_phases(api, name, invocation))
+    if output == Output.JSON:
+        answer = {"status": response.status_code, "headers": dict(response.headers), "body": response.text}
+        out.print(json.dumps({**answer, "invocation": invocation, "elapsed_ms": round(elapsed, 1)}))
+    else:
+        sys.stdout.write(response.text)
+        if response.text and not response.text.endswith("\n"):
+            sys.stdout.write("\n")
     if response.status_code >= 400:
         raise typer.Exit(1)
+
+
+def _phases(api: Api, name: str, invocation: str, within: float = 5.0) -> str:
+    """The gateway's record of the invocation (it ships records every second): cold or warm, and where the time
+    went."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            items = api.get(f"/v1/functions/{name}/invocations", params={"limit": 50})["items"]
+        except CliError as exc:
+            return f"no invocation record: {exc.message}"
+        record = next((item for item in items if item["id"] == invocation), None)
+        if record is not None:
+            start = "warm" if record["path"] == "warm" else f"cold start ({record['path']})"
+            return (
+                f"{start}: queued {record['queue_ms']:.1f} ms, instance {record['provision_ms']:.1f} ms, "
+                f"function {record['upstream_ms']:.1f} ms, {record['duration_ms']:.1f} ms in the gateway"
+            )
+        if time.monotonic() > deadline:
+            return f"no invocation record yet; later: `morty logs {name} -i {invocation}`"
+        time.sleep(0.3)
 
 
 @app.command()
@@ -338,42 +395,51 @@ def logs(
     limit: Annotated[int, typer.Option(help="the last N lines")] = 200,
     output: OutputOption = Output.TABLE,
 ) -> None:
-    """What a function's instances printed."""
+    """What a function's instances printed (with --follow, until Ctrl-C)."""
     api = _api()
     params: dict[str, Any] = {"limit": limit}
     if invocation:
         params["invocation"] = invocation
-    seen: set[tuple[str, str, str]] = set()
-    while True:
-        items = api.get(f"/v1/functions/{name}/logs", params=params)["items"]
-        for item in items:
-            key = (item["ts"], item["instance"], item["line"])
-            if key in seen:
-                continue
-            seen.add(key)
-            if output == Output.JSON:
-                out.print(json.dumps(item))
-            else:
-                out.print(f"{item['ts']} {item.get('invocation') or '-'} {item['line']}")
-        if not follow:
-            return
-        time.sleep(1)
+    shown: dict[tuple[str, str, str], datetime] = {}
+    try:
+        while True:
+            for item in api.get(f"/v1/functions/{name}/logs", params=params)["items"]:
+                key = (item["ts"], item["instance"], item["line"])
+                if key in shown:
+                    continue
+                shown[key] = datetime.fromisoformat(item["ts"])
+                if output == Output.JSON:
+                    out.print(json.dumps(item))
+                else:
+                    out.print(f"{item['ts']} {item.get('invocation') or '-'} {item['line']}")
+            if not follow:
+                return
+            sys.stdout.flush()
+            if shown:
+                # Asks again for a little before the newest line shown: lines collected late from another
+                # instance may carry an earlier timestamp; those already shown are skipped.
+                since = max(shown.values()) - FOLLOW_OVERLAP
+                shown = {key: ts for key, ts in shown.items() if ts >= since}
+                params |= {"since": since.isoformat(), "limit": 10_000}
+            time.sleep(1)
+    except KeyboardInterrupt:
+        return
 
 
 # Aliases and secrets ---------------------------------------------------------------------------------------------
 
 
 @alias_app.command("set")
-def alias_set(name: str, alias: str, version: str) -> None:
-    """Point ALIAS of function NAME at VERSION (created if new)."""
+def alias_set(name: str, alias: str, version: str, output: OutputOption = Output.TABLE) -> None:
+    """Point ALIAS of function NAME at VERSION (created if new). JSON: the alias (name, version, ...)."""
     api = _api()
     try:
-        api.patch(f"/v1/functions/{name}/aliases/{alias}", {"version": version})
+        set_alias = api.patch(f"/v1/functions/{name}/aliases/{alias}", {"version": version})
     except CliError as exc:
         if not exc.message.startswith("404"):
             raise
-        api.post(f"/v1/functions/{name}/aliases", {"name": alias, "version": version})
-    out.print(f"{name}@{alias} -> {version}")
+        set_alias = api.post(f"/v1/functions/{name}/aliases", {"name": alias, "version": version})
+    _done(output, set_alias, f"{name}@{alias} -> {version}")
 
 
 @alias_app.command("list")
@@ -383,9 +449,9 @@ def alias_list(name: str, output: OutputOption = Output.TABLE) -> None:
 
 
 @alias_app.command("delete")
-def alias_delete(name: str, alias: str) -> None:
+def alias_delete(name: str, alias: str, output: OutputOption = Output.TABLE) -> None:
     _api().delete(f"/v1/functions/{name}/aliases/{alias}")
-    out.print(f"deleted {name}@{alias}")
+    _done(output, {"function": name, "alias": alias, "deleted": True}, f"deleted {name}@{alias}")
 
 
 @secrets_app.command("set")
@@ -395,11 +461,12 @@ def secret_set(
     value: Annotated[
         str | None, typer.Argument(help="default: read from stdin (keeps it out of shell history)")
     ] = None,
+    output: OutputOption = Output.TABLE,
 ) -> None:
     """Store secret KEY of function NAME (encrypted at rest; never shown again)."""
     secret = value if value is not None else sys.stdin.read().rstrip("\n")
     _api().put(f"/v1/functions/{name}/secrets/{key}", {"value": secret})
-    out.print(f"secret {key} of {name} stored")
+    _done(output, {"function": name, "secret": key, "stored": True}, f"secret {key} of {name} stored")
 
 
 @secrets_app.command("list")
@@ -409,9 +476,9 @@ def secret_list(name: str, output: OutputOption = Output.TABLE) -> None:
 
 
 @secrets_app.command("delete")
-def secret_delete(name: str, key: str) -> None:
+def secret_delete(name: str, key: str, output: OutputOption = Output.TABLE) -> None:
     _api().delete(f"/v1/functions/{name}/secrets/{key}")
-    out.print(f"secret {key} of {name} deleted")
+    _done(output, {"function": name, "secret": key, "deleted": True}, f"secret {key} of {name} deleted")
 
 
 # Contexts --------------------------------------------------------------------------------------------------------
@@ -422,9 +489,10 @@ def set_context(
     name: str,
     url: Annotated[str, typer.Option("--url", help="the gateway's URL")],
     token: Annotated[str | None, typer.Option("--token", help="the management token")] = None,
-    use: Annotated[bool, typer.Option("--use", help="make it the current context")] = True,
+    use: Annotated[bool, typer.Option("--use/--no-use", help="make it the current context")] = True,
+    output: OutputOption = Output.TABLE,
 ) -> None:
-    """Create or update a context."""
+    """Create or update a context. JSON: name, url, token_set, current, path."""
     if not url.startswith(("http://", "https://")):
         raise CliError(f"--url must start with http:// or https://, not {url!r}", 2)
     data = cli_config.load()
@@ -432,17 +500,18 @@ def set_context(
     if use:
         data["current-context"] = name
     path = cli_config.save(data)
-    out.print(f"context {name} saved in {path}" + (" and in use" if use else ""))
+    saved = {"name": name, "url": url.rstrip("/"), "token_set": token is not None, "current": use, "path": str(path)}
+    _done(output, saved, f"context {name} saved in {path}" + (" and in use" if use else ""))
 
 
 @config_app.command("use-context")
-def use_context(name: str) -> None:
+def use_context(name: str, output: OutputOption = Output.TABLE) -> None:
     data = cli_config.load()
     if name not in data["contexts"]:
         raise CliError(f"no context {name!r}; see `morty config get-contexts`", 2)
     data["current-context"] = name
     cli_config.save(data)
-    out.print(f"using context {name}")
+    _done(output, {"current-context": name}, f"using context {name}")
 
 
 @config_app.command("current-context")
@@ -467,7 +536,7 @@ def get_contexts(output: OutputOption = Output.TABLE) -> None:
 # The platform on this machine ---------------------------------------------------------------------------------
 
 
-DataDirOption = Annotated[Path, typer.Option("--data-dir", help="everything the platform keeps")]
+DataDirOption = Annotated[Path, typer.Option("--data-dir", envvar="MORTY_DATA", help="everything the platform keeps")]
 
 
 def _supervisor_pid(data_dir: Path) -> int | None:
@@ -492,23 +561,46 @@ def _show_status(status: dict[str, Any], output: Output) -> None:
     columns = [("SERVICE", "service"), ("PID", "pid"), ("RUNNING", "running"), ("HEALTHY", "healthy"),
                ("RESTARTS", "restarts"), ("LOG", "log")]  # fmt: skip
     _emit(status, output, columns, rows)
+    if output == Output.TABLE and status.get("vms"):
+        out.print(_vms_line(status["vms"]))
+
+
+def _vms_line(vms: dict[str, Any]) -> str:
+    if vms["available"]:
+        return "VMs: available; functions run as VMs unless their morty.yaml says `isolation: container`."
+    return (
+        f"VMs: NOT AVAILABLE ({vms['reason']}). Functions run as containers (isolation `container`); "
+        "a function asking for `isolation: vm` is refused."
+    )
 
 
 @app.command()
 def up(
     data_dir: DataDirOption = platform.DEFAULT_DATA_DIR,
-    ports_from: Annotated[int | None, typer.Option(help="use ports N, N+1, ... instead of the defaults")] = None,
-    bridge: Annotated[str, typer.Option(help="the riklet's bridge")] = platform.BRIDGE,
+    ports_from: Annotated[
+        int | None,
+        typer.Option(envvar="MORTY_PORTS_FROM", help="use ports N, N+1, ... instead of the defaults"),
+    ] = None,
+    bridge: Annotated[str, typer.Option(envvar="MORTY_BRIDGE", help="the riklet's bridge")] = platform.BRIDGE,
+    no_vm: Annotated[
+        bool, typer.Option("--no-vm", envvar="MORTY_NO_VM", help="run functions as containers, never as VMs")
+    ] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for every service")] = 600,
     output: OutputOption = Output.TABLE,
 ) -> None:
-    """Start the whole platform on this machine (registry, RIK, Morty APIs, gateway), supervised."""
+    """Start the whole platform on this machine (registry, RIK, Morty APIs, gateway), supervised.
+
+    Functions run as VMs where this host can run them; otherwise (or with --no-vm) as containers, and
+    `morty up` and `morty status` say so."""
     data_dir = data_dir.resolve()
-    if _supervisor_pid(data_dir) is None:
+    already_running = _supervisor_pid(data_dir) is not None
+    if not already_running:
         (data_dir / "logs").mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "morty.cli.platform", "--data-dir", str(data_dir), "--bridge", bridge]
         if ports_from is not None:
             argv += ["--ports-from", str(ports_from)]
+        if no_vm:
+            argv.append("--no-vm")
         with (data_dir / "logs" / "supervisor.log").open("ab") as log:
             supervisor = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -526,7 +618,7 @@ def up(
                     raise CliError(f"the platform did not start within {timeout:.0f}s (logs in {data_dir}/logs)", 1)
                 if status is not None:
                     waiting = [name for name, s in status["services"].items() if not s["healthy"]]
-                    progress.update(f"starting: {', '.join(waiting)}")
+                    progress.update(f"starting: {', '.join(STARTING.get(name, name) for name in waiting)}")
                 time.sleep(0.2)
     status = _status(data_dir)
     if status is None:
@@ -540,6 +632,8 @@ def up(
         out.print(json.dumps({**status, "url": url}, default=str))
         return
     _show_status(status, output)
+    if already_running and no_vm and status["vms"]["available"]:
+        out.print("The platform was already running with VMs: `morty down`, then `morty up --no-vm`.")
     out.print(f"\nThe platform is up: {url} (context `local`). Next: morty init hello && morty deploy hello")
 
 
@@ -558,11 +652,13 @@ def status(data_dir: DataDirOption = platform.DEFAULT_DATA_DIR, output: OutputOp
 def down(
     data_dir: DataDirOption = platform.DEFAULT_DATA_DIR,
     timeout: Annotated[float, typer.Option(help="seconds to wait for everything to stop")] = 180,
+    output: OutputOption = Output.TABLE,
 ) -> None:
-    """Stop the platform and remove every instance it ran (state stays in the data directory)."""
+    """Stop the platform and remove every instance it ran (state stays in the data directory).
+    JSON: was_running."""
     pid = _supervisor_pid(data_dir.resolve())
     if pid is None:
-        out.print("the platform is not running")
+        _done(output, {"was_running": False}, "the platform is not running")
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -571,7 +667,7 @@ def down(
             if time.monotonic() > deadline:
                 raise CliError(f"the supervisor (pid {pid}) is still stopping after {timeout:.0f}s", 1)
             time.sleep(0.2)
-    out.print("the platform is down")
+    _done(output, {"was_running": True}, "the platform is down")
 
 
 def main() -> None:
@@ -590,12 +686,14 @@ def main() -> None:
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click's usage errors and anything unexpected: one line, unless --debug
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
+    except typer.TyperException as exc:  # usage errors (Typer's own click): usage, then the problem; exit 2
+        show = getattr(exc, "show", None)
+        if show is None:
+            err.print(f"error: {exc}")
+        else:
+            show()
+        sys.exit(getattr(exc, "exit_code", 2))
+    except Exception as exc:  # anything unexpected: one line, unless --debug
         if STATE["debug"]:
             raise
         err.print(f"error: {type(exc).__name__}: {exc}")

@@ -1,12 +1,17 @@
 """The whole platform on one machine, supervised: what `morty up` starts in the background.
 
-    python -m morty.cli.platform --data-dir DIR [--ports-from N]
+    python -m morty.cli.platform --data-dir DIR [--ports-from N] [--no-vm]
 
 Starts, in order, each waiting for the previous to be healthy: the OCI registry (Debian's docker-registry), the
 RIK controller, a riklet, the API gateway and Morty APIs (builder, RIK backend, gateway connector), all with
 SQLite and local storage under DIR, logs in DIR/logs. A service that exits is restarted (with backoff) and the
 restart is counted in DIR/run/status.json, which `morty status` reads. SIGTERM stops the services in reverse
 order, then removes every instance and the node's network (`riklet --teardown`), so nothing keeps running.
+
+VMs: once the riklet is ready (its VM runtime probed: QEMU present, guest kernel provisioned), the supervisor
+records whether it offers VMs in status.json (`vms`: `available`, `reason`). Where it does not, or with
+`--no-vm`, Morty APIs start with `MORTY_VM_UNAVAILABLE` set to the reason: functions default to container
+isolation and a function asking for `vm` is refused.
 
 Ports (with `--ports-from N`: N, N+1, ...): gateway 8080, gateway admin 8081, Morty APIs 7800, RIK controller
 7700, riklet 7701, registry 5000.
@@ -25,6 +30,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -32,6 +38,9 @@ log = logging.getLogger("morty.platform")
 DEFAULT_DATA_DIR = Path("/var/lib/morty")
 PORTS = {"gateway": 8080, "gateway_admin": 8081, "api": 7800, "controller": 7700, "riklet": 7701, "registry": 5000}
 START_TIMEOUT = 120.0
+RIKLET_START_TIMEOUT = 480.0
+"""The riklet is ready once its runtimes are probed; the first run downloads and unpacks the guest kernel."""
+NO_VM = "turned off by `morty up --no-vm`"
 BRIDGE = "mortybr0"
 
 
@@ -41,6 +50,7 @@ class Service:
     argv: list[str]
     health: str
     env: dict[str, str] = field(default_factory=dict)
+    start_timeout: float = START_TIMEOUT
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     healthy: bool = False
@@ -61,7 +71,7 @@ def token(path: Path) -> str:
     return path.read_text().strip()
 
 
-def services(data: Path, ports: dict[str, int], bridge: str) -> list[Service]:
+def services(data: Path, ports: dict[str, int], bridge: str, no_vm: bool = False) -> list[Service]:
     python = sys.executable
     morty_token = token(data / "morty" / "token")
     gateway_token = token(data / "gateway" / "token")
@@ -111,8 +121,10 @@ def services(data: Path, ports: dict[str, int], bridge: str) -> list[Service]:
                 bridge,
                 "--insecure-registry",
                 registry,
+                *(["--no-vm"] if no_vm else []),
             ],
             f"http://127.0.0.1:{ports['riklet']}/healthz",
+            start_timeout=RIKLET_START_TIMEOUT,
         ),  # fmt: skip
         Service(
             "gateway",
@@ -156,11 +168,13 @@ def services(data: Path, ports: dict[str, int], bridge: str) -> list[Service]:
 
 
 class Supervisor:
-    def __init__(self, data: Path, ports: dict[str, int], bridge: str) -> None:
-        self.data, self.ports, self.bridge = data, ports, bridge
+    def __init__(self, data: Path, ports: dict[str, int], bridge: str, no_vm: bool = False) -> None:
+        self.data, self.ports, self.bridge, self.no_vm = data, ports, bridge, no_vm
         self.logs = data / "logs"
         self.run_dir = data / "run"
-        self.services = services(data, ports, bridge)
+        self.services = services(data, ports, bridge, no_vm)
+        self.vms: dict[str, Any] | None = None
+        """Whether functions can run as VMs here, known once the riklet is ready."""
         self.stopping = False
         self.http = httpx.Client(timeout=2, trust_env=False)
 
@@ -176,11 +190,34 @@ class Supervisor:
         service.healthy = False
         log.info("started %s (pid %d)", service.name, service.process.pid)
 
-    def probe(self, service: Service) -> bool:
+    def health(self, service: Service) -> dict[str, Any] | None:
+        """The health endpoint's body once it answers 200 with no `status` other than `ok`, else None."""
         try:
-            return self.http.get(service.health).status_code == 200
-        except httpx.HTTPError:
-            return False
+            response = self.http.get(service.health)
+            body = response.json() if response.content else {}
+        except (httpx.HTTPError, ValueError):
+            return None
+        if response.status_code != 200 or not isinstance(body, dict) or body.get("status", "ok") != "ok":
+            return None
+        return body
+
+    def probe(self, service: Service) -> bool:
+        return self.health(service) is not None
+
+    def decide_vms(self, riklet: dict[str, Any]) -> None:
+        """Tell Morty APIs (started after the riklet) whether VMs can run, and why not."""
+        if self.no_vm:
+            reason = NO_VM
+        elif "vm" in riklet.get("runtimes", []):
+            reason = ""
+        else:
+            reason = str(riklet.get("unavailable", {}).get("vm") or "the riklet offers no VM runtime")
+        self.vms = {"available": not reason, "reason": reason or None}
+        for service in self.services:
+            if service.name == "morty-api":
+                service.env["MORTY_VM_UNAVAILABLE"] = reason
+        if reason:
+            log.warning("VMs are not available (%s): functions run as containers", reason)
 
     def write_status(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -189,6 +226,7 @@ class Supervisor:
             "ports": self.ports,
             "data_dir": str(self.data),
             "stopping": self.stopping,
+            "vms": self.vms,
             "services": {
                 s.name: {
                     "pid": s.process.pid if s.process else None,
@@ -208,16 +246,18 @@ class Supervisor:
     def bring_up(self) -> None:
         for service in self.services:
             self.start(service)
-            deadline = time.monotonic() + START_TIMEOUT
-            while not self.probe(service):
+            deadline = time.monotonic() + service.start_timeout
+            while (health := self.health(service)) is None:
                 if self.stopping:
                     return
                 assert service.process is not None
                 if service.process.poll() is not None:
                     raise RuntimeError(f"{service.name} exited ({service.process.returncode}) while starting")
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{service.name} not healthy within {START_TIMEOUT:.0f}s")
+                    raise RuntimeError(f"{service.name} not healthy within {service.start_timeout:.0f}s")
                 time.sleep(0.1)
+            if service.name == "riklet":
+                self.decide_vms(health)
             service.healthy = True
             self.write_status()
 
@@ -272,10 +312,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--ports-from", type=int, default=None)
     parser.add_argument("--bridge", default=BRIDGE)
+    parser.add_argument("--no-vm", action="store_true", help="run functions as containers, never as VMs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     data = args.data_dir.resolve()
-    supervisor = Supervisor(data, ports_from(args.ports_from), args.bridge)
+    supervisor = Supervisor(data, ports_from(args.ports_from), args.bridge, args.no_vm)
     supervisor.run_dir.mkdir(parents=True, exist_ok=True)
     (supervisor.run_dir / "supervisor.pid").write_text(str(os.getpid()))
 

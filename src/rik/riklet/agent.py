@@ -73,6 +73,8 @@ class Agent:
         self.records = RecordStore(settings.data_dir / "instances")
         self.drivers: dict[str, Driver] = {}
         self.runtimes: list[str] = []
+        self.unavailable: dict[str, str] = {}
+        """Runtimes whose probe failed, with why."""
         self.runners: dict[str, InstanceRunner] = {}
         self.node: Node | None = None
         self.ready = asyncio.Event()
@@ -89,6 +91,7 @@ class Agent:
                 self.drivers[name] = driver
                 self.runtimes.append(name)
             else:
+                self.unavailable[name] = problem
                 log.warning("runtime unavailable on this host", extra={"runtime": name, "why": problem})
         self.node = await self._register(runtimes=self.runtimes)
         log.info(

@@ -25,6 +25,7 @@ def create_app(agent: Agent) -> FastAPI:
             "status": "ok" if agent.ready.is_set() else "starting",
             "node": agent.settings.name,
             "runtimes": agent.runtimes,
+            "unavailable": agent.unavailable,
             "instances": len(agent.runners),
         }
 

@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         help="guest kernel and initramfs for VMs, provisioned once and shared by the riklets of a machine",
     )
     parser.add_argument("--vm-disk-cache", type=int, default=8192, help="MiB of cached VM root disks")
+    parser.add_argument("--no-vm", action="store_true", help="offer no VMs (no guest kernel is provisioned)")
     parser.add_argument("--vm-accel", choices=["kvm", "tcg"], default=None, help="skip the acceleration probe")
     parser.add_argument("--log-level", default=os.environ.get("RIK_LOG_LEVEL", "INFO"))
     parser.add_argument(
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         subnet_file.write_text(str(subnet))
         network, container, vm = node_parts(subnet)
         await network.setup()
-        return {"container": container, "vm": vm}
+        return {"container": container} if args.no_vm else {"container": container, "vm": vm}
 
     if args.teardown:
         if not subnet_file.is_file():

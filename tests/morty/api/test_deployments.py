@@ -66,6 +66,20 @@ async def test_container_isolation_deploys_without_a_snapshot(morty_factory: Mor
         assert [name for name, _ in fake.calls] == ["register"]
 
 
+async def test_a_vm_function_fails_to_deploy_once_the_platform_has_no_vms(morty_factory: MortyFactory) -> None:
+    async with morty_factory(**SLOW_TICK) as api:
+        await create_function(api, "hello")
+    fake = FakeOrchestrator()
+    async with morty_factory(orchestrator=fake, vm_unavailable="turned off", **SLOW_TICK) as api:
+        await ready_version(api, "hello", "1.0.0")
+        failed = await _version(api, "hello", "1.0.0")
+        assert failed["status"] == "failed" and fake.calls == []
+        assert failed["status_message"] == (
+            "deployment failed: NoVMs: VMs are not available on this platform (turned off); "
+            "set the function's isolation to container"
+        )
+
+
 async def test_a_failed_deployment_fails_its_version_and_the_previous_one_keeps_serving(
     morty_factory: MortyFactory,
 ) -> None:

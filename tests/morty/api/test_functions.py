@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from tests.morty.api.conftest import TOKEN, create_function
+from tests.morty.api.conftest import TOKEN, MortyFactory, create_function
 
 
 def fields(response: httpx.Response) -> set[str]:
@@ -110,3 +110,17 @@ async def test_runtimes_are_listed_with_their_images(api: httpx.AsyncClient) -> 
     assert items["python3.11"]["image"] == "morty/runtime-python3.11:latest"
     assert items["node18"]["language"] == "node"
     assert items["python3.11"]["handler"] == "main.py"  # what the template writes and the runtime loads
+
+
+async def test_a_platform_without_vms_defaults_to_containers_and_refuses_vm(morty_factory: MortyFactory) -> None:
+    async with morty_factory(vm_unavailable="qemu-system-x86_64 is not installed") as api:
+        assert (await create_function(api, "plain"))["isolation"] == "container"
+        assert (await create_function(api, "boxed", isolation="container"))["isolation"] == "container"
+        for refused in (
+            await api.post("/v1/functions", json={"name": "vm", "runtime": "python3.11", "isolation": "vm"}),
+            await api.patch("/v1/functions/plain", json={"isolation": "vm"}),
+        ):
+            assert fields(refused) == {"isolation"}
+            assert "VMs are not available on this platform (qemu-system-x86_64 is not installed)" in refused.text
+        assert (await api.get("/v1/functions/vm")).status_code == 404
+        assert (await api.get("/v1/functions/plain")).json()["isolation"] == "container"

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -46,6 +47,40 @@ def ok(run: Run) -> Run:
     return run
 
 
+def fails(run: Run, code: int, message: str) -> None:
+    """The command failed with `code` and said why in one line naming `message`."""
+    assert (run.code, run.stdout) == (code, ""), f"exit {run.code}\n{run.stdout}\n{run.stderr}"
+    assert len(run.stderr.strip().splitlines()) == 1 and message in run.stderr, run.stderr
+
+
+async def follow_logs(env: dict[str, str]) -> None:
+    """`morty logs --follow` prints what is logged while it follows, and Ctrl-C ends it quietly with exit 0."""
+    follower = await asyncio.create_subprocess_exec(
+        *MORTY, "logs", "hello", "--follow", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert follower.stdout is not None and follower.stderr is not None
+    output, errors = follower.stdout, follower.stderr
+
+    async def shows(text: bytes) -> None:
+        while text not in (line := await output.readline()):
+            assert line, f"logs --follow ended: {(await errors.read()).decode()}"
+
+    try:
+        async with asyncio.timeout(60):
+            await shows(b"greeting Ada")  # logged before: the first lines
+            ok(await morty(env, "invoke", "hello", "-q", "name=Follow"))
+            await shows(b"greeting Follow")  # logged while it follows
+        follower.send_signal(signal.SIGINT)
+        async with asyncio.timeout(15):
+            code = await follower.wait()
+    finally:
+        if follower.returncode is None:
+            follower.kill()
+            await follower.wait()
+    stderr = (await errors.read()).decode()
+    assert code == 0 and "Traceback" not in stderr, stderr
+
+
 async def test_every_cli_command_as_a_user_runs_it(stack: Stack, tmp_path: Path) -> None:
     url = stack.gateway.proxy
     env = {k: v for k, v in os.environ.items() if not k.startswith("MORTY_")}
@@ -61,12 +96,21 @@ async def test_every_cli_command_as_a_user_runs_it(stack: Stack, tmp_path: Path)
             raise AssertionError("the gateway never forwarded /v1 to Morty APIs")
 
     # Contexts.
-    assert "no context" in (await morty(env, "config", "use-context", "nope")).stderr
-    ok(await morty(env, "config", "set-context", "local", "--url", url, "--token", TOKEN))
+    fails(await morty(env, "config", "use-context", "nope"), 2, "no context 'nope'")
+    ok(await morty(env, "config", "set-context", "elsewhere", "--url", "http://127.0.0.1:9"))
+    saved = ok(
+        await morty(env, "config", "set-context", "local", "--url", url, "--token", TOKEN, "--no-use", "-o", "json")
+    )
+    assert (saved.json()["current"], saved.json()["token_set"], saved.json()["url"]) == (False, True, url)
+    assert "elsewhere http://127.0.0.1:9" in ok(await morty(env, "config", "current-context")).stdout
+    assert "using context local" in ok(await morty(env, "config", "use-context", "local")).stdout
     current = ok(await morty(env, "config", "current-context", "-o", "json")).json()
     assert current == {"name": "local", "url": url, "token_set": True}
     contexts = ok(await morty(env, "config", "get-contexts", "-o", "json")).json()["items"]
-    assert contexts == [{"current": "*", "name": "local", "url": url}]
+    assert contexts == [
+        {"current": "", "name": "elsewhere", "url": "http://127.0.0.1:9"},
+        {"current": "*", "name": "local", "url": url},
+    ]
     assert "local" in ok(await morty(env, "config", "get-contexts")).stdout
 
     runtimes = ok(await morty(env, "runtimes", "-o", "json")).json()["items"]
@@ -75,7 +119,8 @@ async def test_every_cli_command_as_a_user_runs_it(stack: Stack, tmp_path: Path)
 
     # init -> deploy -> invoke -> logs.
     project = tmp_path / "hello"
-    ok(await morty(env, "init", "hello", "--runtime", "python3.11", "--dir", str(project)))
+    created = ok(await morty(env, "init", "hello", "--runtime", "python3.11", "--dir", str(project), "-o", "json"))
+    assert created.json() == {"name": "hello", "runtime": "python3.11", "directory": str(project)}
     assert (project / "main.py").is_file() and 'name: "hello"' in (project / "morty.yaml").read_text()
     with (project / "morty.yaml").open("a") as config:
         config.write("isolation: container\nidle_timeout: 600\n")
@@ -87,14 +132,17 @@ async def test_every_cli_command_as_a_user_runs_it(stack: Stack, tmp_path: Path)
     found = re.search(r"^200 OK in [0-9.]+ ms \(invocation (\S+)\)", invoked.stderr, re.MULTILINE)
     assert found, invoked.stderr
     invocation = found.group(1)
+    assert re.search(r"^cold start \(booted\): queued [0-9.]+ ms, instance [0-9.]+ ms, function", invoked.stderr, re.M)
     lines = [
         json.loads(line)
         for line in ok(await morty(env, "logs", "hello", "-i", invocation, "-o", "json")).stdout.splitlines()
     ]
     assert [line["line"] for line in lines] == ["greeting Ada"] and lines[0]["invocation"] == invocation
     assert "greeting Ada" in ok(await morty(env, "logs", "hello")).stdout
-    posted = ok(await morty(env, "invoke", "hello", "-X", "POST", "-d", "@" + str(project / "morty.yaml")))
+    await follow_logs(env)
+    posted = ok(await morty(env, "invoke", "hello", "-X", "POST", "-d", "@" + str(project / "morty.yaml"), "-v"))
     assert json.loads(posted.stdout) == {"message": "Hello, world!"}
+    assert re.search(r"^warm: queued [0-9.]+ ms, instance [0-9.]+ ms, function [0-9.]+ ms", posted.stderr, re.M)
 
     # list, describe, versions.
     listed = ok(await morty(env, "list", "-o", "json")).json()["items"]
@@ -110,33 +158,69 @@ async def test_every_cli_command_as_a_user_runs_it(stack: Stack, tmp_path: Path)
     assert second["version"] == "0.1.1"
     versions = ok(await morty(env, "versions", "hello", "-o", "json")).json()["items"]
     assert [v["version"] for v in versions] == ["0.1.1", "0.1.0"]
-    ok(await morty(env, "alias", "set", "hello", "prod", "0.1.0"))
+    assert ok(await morty(env, "alias", "set", "hello", "prod", "0.1.0", "-o", "json")).json()["version"] == "0.1.0"
     assert ok(await morty(env, "alias", "list", "hello", "-o", "json")).json()["items"][0]["version"] == "0.1.0"
-    ok(await morty(env, "alias", "set", "hello", "prod", "0.1.1"))
+    assert "hello@prod -> 0.1.1" in ok(await morty(env, "alias", "set", "hello", "prod", "0.1.1")).stdout
     assert "prod" in ok(await morty(env, "alias", "list", "hello")).stdout
-    assert json.loads(ok(await morty(env, "invoke", "hello", "--version", "prod")).stdout) == {
-        "message": "Hello, world!"
-    }
-    ok(await morty(env, "alias", "delete", "hello", "prod"))
+    answer = ok(await morty(env, "invoke", "hello", "--version", "prod", "-o", "json")).json()
+    assert (answer["status"], json.loads(answer["body"])) == (200, {"message": "Hello, world!"})
+    assert answer["headers"]["content-type"].startswith("application/json") and answer["invocation"]
+    gone = {"function": "hello", "alias": "prod", "deleted": True}
+    assert ok(await morty(env, "alias", "delete", "hello", "prod", "-o", "json")).json() == gone
 
     # scale, secrets.
     scaled = ok(await morty(env, "scale", "hello", "--min", "0", "--max", "3", "-o", "json")).json()
     assert (scaled["min_instances"], scaled["max_instances"]) == (0, 3)
-    ok(await morty(env, "secrets", "set", "hello", "API_KEY", stdin="v3ry-s3cret\n"))
+    assert (
+        "secret API_KEY of hello stored"
+        in ok(await morty(env, "secrets", "set", "hello", "API_KEY", stdin="v3ry-s3cret\n")).stdout
+    )
     secrets = ok(await morty(env, "secrets", "list", "hello", "-o", "json"))
     assert [s["name"] for s in secrets.json()["items"]] == ["API_KEY"] and "v3ry-s3cret" not in secrets.stdout
-    ok(await morty(env, "secrets", "delete", "hello", "API_KEY"))
+    removed = ok(await morty(env, "secrets", "delete", "hello", "API_KEY", "-o", "json")).json()
+    assert removed == {"function": "hello", "secret": "API_KEY", "deleted": True}
 
-    # Errors: one line, meaningful exit codes.
-    missing = await morty(env, "describe", "nope")
-    assert missing.code == 1 and missing.stderr.strip().startswith("error: 404:") and "Traceback" not in missing.stderr
-    assert len(missing.stderr.strip().splitlines()) == 1
-    bad_header = await morty(env, "invoke", "hello", "-H", "no-colon")
-    assert bad_header.code == 2 and "is not 'Name: value'" in bad_header.stderr
-    assert (await morty(env, "deploy", str(tmp_path / "nowhere"))).code == 2
-    unreachable = await morty({**env, "MORTY_URL": "http://127.0.0.1:9"}, "list")
-    assert unreachable.code == 3 and "cannot reach" in unreachable.stderr
-    assert (await morty(env, "scale", "hello")).code == 2
+    # Bad input: one line on stderr, a meaningful exit code, and nothing half-created.
+    fails(await morty(env, "describe", "nope"), 1, "error: 404: no function named 'nope'")
+    fails(await morty(env, "invoke", "hello", "-H", "no-colon"), 2, "is not 'Name: value'")
+    fails(await morty(env, "deploy", str(tmp_path / "nowhere")), 2, "is not a directory")
+    fails(await morty(env, "scale", "hello"), 2, "give --min and/or --max")
+    usage = await morty(env, "list", "--bogus")
+    assert usage.code == 2 and "No such option: --bogus" in usage.stderr and "Traceback" not in usage.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fails(await morty(env, "deploy", str(empty)), 2, f"no morty.yaml in {empty}; create one with `morty init`")
+    fails(
+        await morty(env, "init", "cobol", "--runtime", "cobol85", "--dir", str(tmp_path / "cobol")),
+        2,
+        "unknown runtime 'cobol85'; known: node18",
+    )
+    assert not (tmp_path / "cobol").exists()
+    fails(
+        await morty(env, "init", "Bad_Name", "--dir", str(tmp_path / "Bad_Name")),
+        2,
+        "'Bad_Name' is not a function name",
+    )
+    assert not (tmp_path / "Bad_Name").exists()
+    fails(await morty(env, "init", "hello", "--dir", str(project)), 2, f"{project} exists and is not empty")
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    (unknown / "morty.yaml").write_text("name: unknown\nruntime: cobol85\n")
+    fails(await morty(env, "deploy", str(unknown)), 1, "error: 422: invalid request: runtime")
+    taken = tmp_path / "taken"
+    ok(await morty(env, "init", "hello", "--runtime", "node18", "--dir", str(taken)))
+    assert {p.name for p in taken.iterdir()} >= {"morty.yaml", "main.js", "package.json"}
+    fails(await morty(env, "deploy", str(taken)), 1, "the name 'hello' is taken by a python3.11 function")
+    wrong_token = await morty({**env, "MORTY_TOKEN": "not-the-token"}, "list")
+    fails(wrong_token, 1, "error: 401: invalid bearer token: check the token of context local")
+    fails(await morty({**env, "MORTY_URL": "http://127.0.0.1:9"}, "list"), 3, "cannot reach http://127.0.0.1:9")
+    listed = ok(await morty(env, "list", "-o", "json")).json()["items"]
+    assert [f["name"] for f in listed] == ["hello"]
+    assert [v["version"] for v in ok(await morty(env, "versions", "hello", "-o", "json")).json()["items"]] == [
+        "0.1.1",
+        "0.1.0",
+    ]
 
-    ok(await morty(env, "delete", "hello", "--yes"))
+    deleted = ok(await morty(env, "delete", "hello", "--yes", "-o", "json")).json()
+    assert (deleted["name"], deleted["versions"], deleted["aliases"]) == ("hello", 2, 0)
     assert ok(await morty(env, "list", "-o", "json")).json()["items"] == []

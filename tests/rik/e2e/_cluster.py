@@ -265,8 +265,7 @@ class Riklet:
 
     @property
     def cgroup_parent(self) -> str:
-        """How the container driver names its cgroup parent (from its state directory)."""
-        return "rik-" + hashlib.sha256(str((self.data_dir / "containers").resolve()).encode()).hexdigest()[:8]
+        return node_cgroup_parent(self.data_dir)
 
     def rootfs(self, instance_id: str) -> Path:
         return self.data_dir / "containers" / "instances" / instance_id / "rootfs"
@@ -279,8 +278,7 @@ class Riklet:
 
     @property
     def vm_run_dir(self) -> Path:
-        """The directory of the driver's QMP sockets: named after its state directory."""
-        return VM_RUN_ROOT / hashlib.sha256(str(self.vm_dir.resolve()).encode()).hexdigest()[:8]
+        return node_vm_run_dir(self.data_dir)
 
     def vm_key(self, instance_id: str) -> str:
         return "vm-" + hashlib.sha256(instance_id.encode()).hexdigest()[:16]
@@ -720,26 +718,54 @@ class Cluster:
         found = []
         procs = ([self.controller.proc] if self.controller else []) + [r.proc for r in self.riklets.values()]
         found += [f"process still running: {p.name} (pid {p.pid})" for p in procs if p.alive()]
-        for riklet in self.riklets.values():
-            in_cgroups = processes_in_cgroup(f"/{riklet.cgroup_parent}/")
-            found += [f"container process {pid} of {riklet.name} ({where})" for pid, where in in_cgroups.items()]
         found += [f"mount: {line}" for line in mounts_under(self.root)]
-        bridges = [r.bridge for r in self.riklets.values()]
-        ours = [f"rik-{b}-" for b in bridges] + [h.name for h in self.hosts]
-        found += [f"network namespace {n}" for n in netns_names() if n.startswith(tuple(ours))]
-        interfaces = set(bridges) | {h.outer for h in self.hosts}
-        found += [f"interface {n}" for n in link_names() & interfaces]
-        rules = sh("iptables-save")
-        chains = tuple(f"RIK-{b}" for b in bridges)
-        found += [f"iptables: {line}" for line in rules.splitlines() if any(f"{c} " in f"{line} " for c in chains)]
+        found += [f"network namespace {n}" for n in netns_names() if n in {h.name for h in self.hosts}]
+        found += [f"interface {n}" for n in link_names() & {h.outer for h in self.hosts}]
         for riklet in self.riklets.values():
-            found += [f"cgroup {d}" for d in cgroup_dirs(riklet.cgroup_parent)]
-            found += [f"qemu process {pid}: {cmd[:200]}" for pid, cmd in qemu_processes(str(riklet.vm_dir)).items()]
-            if riklet.vm_run_dir.exists():
-                found.append(f"QMP socket directory {riklet.vm_run_dir}: {sorted(os.listdir(riklet.vm_run_dir))}")
-            vm_instances = riklet.vm_dir / "instances"
-            found += [f"VM instance directory {d}" for d in (vm_instances.iterdir() if vm_instances.is_dir() else [])]
+            found += [f"{riklet.name}: {item}" for item in node_leftovers(riklet.data_dir, riklet.bridge)]
         return found
+
+
+def node_cgroup_parent(data_dir: Path) -> str:
+    """How a riklet's container driver names its cgroup parent (from its state directory)."""
+    return "rik-" + hashlib.sha256(str((data_dir / "containers").resolve()).encode()).hexdigest()[:8]
+
+
+def node_vm_run_dir(data_dir: Path) -> Path:
+    """The directory of a riklet's QMP sockets: named after its VM driver's state directory."""
+    return VM_RUN_ROOT / hashlib.sha256(str((data_dir / "vms").resolve()).encode()).hexdigest()[:8]
+
+
+def node_leftovers(data_dir: Path, bridge: str, instance_ids: Iterable[str] = ()) -> list[str]:
+    """What a riklet (state in `data_dir`, instances on `bridge`) still has on the host once it is gone: container
+    processes, cgroups, network namespaces, veths (of `instance_ids`), its bridge, iptables rules, QEMU processes,
+    QMP sockets, VM instance directories, and mounts under `data_dir`, its QMP directory or its namespaces.
+    Empty when clean."""
+    found = [
+        f"container process {pid} ({where})"
+        for pid, where in processes_in_cgroup(f"/{node_cgroup_parent(data_dir)}/").items()
+    ]
+    run_dir = node_vm_run_dir(data_dir)
+    ours = (f" {data_dir}/", f" {run_dir}/", f" /run/netns/rik-{bridge}-")
+    found += [
+        f"mount: {line}" for line in Path("/proc/mounts").read_text().splitlines() if any(o in line for o in ours)
+    ]
+    found += [f"network namespace {n}" for n in netns_names() if n.startswith(f"rik-{bridge}-")]
+    veths = {instance_names(bridge, i).host_veth for i in instance_ids}
+    found += [f"interface {n}" for n in link_names() & ({bridge} | veths)]
+    chain = f"RIK-{bridge}"
+    found += [
+        f"iptables: {line}"
+        for line in sh("iptables-save").splitlines()
+        if f"{chain} " in f"{line} " or f"{chain}-" in line
+    ]
+    found += [f"cgroup {d}" for d in cgroup_dirs(node_cgroup_parent(data_dir))]
+    found += [f"qemu process {pid}: {cmd[:200]}" for pid, cmd in qemu_processes(str(data_dir / "vms")).items()]
+    if run_dir.exists():
+        found.append(f"QMP socket directory {run_dir}: {sorted(os.listdir(run_dir))}")
+    vm_instances = data_dir / "vms" / "instances"
+    found += [f"VM instance directory {d}" for d in (vm_instances.iterdir() if vm_instances.is_dir() else [])]
+    return found
 
 
 def describe(item: Instance | Node | Workload) -> str:

@@ -7,8 +7,8 @@ import logging
 from fastapi import APIRouter
 
 from morty.api import store
-from morty.api.errors import Unavailable
-from morty.api.models import Function, FunctionCreate, FunctionDeleted, FunctionList, FunctionPatch
+from morty.api.errors import Invalid, Unavailable
+from morty.api.models import Function, FunctionCreate, FunctionDeleted, FunctionList, FunctionPatch, Isolation
 from morty.api.routes.deps import AUTHENTICATED, Morty, errors
 from morty.builder.registry import BuildError, delete_image
 from morty.orchestrators.base import OrchestratorError
@@ -20,8 +20,22 @@ router = APIRouter(prefix="/v1/functions", tags=["functions"], **AUTHENTICATED)
 log = logging.getLogger(__name__)
 
 
+def _check_isolation(isolation: Isolation | None, vm_unavailable: str) -> None:
+    """A function that asks for a VM is refused rather than run in a container: it asked for the stronger boundary."""
+    if isolation == Isolation.VM and vm_unavailable:
+        raise Invalid.field(
+            "isolation", f"VMs are not available on this platform ({vm_unavailable}); use isolation `container`"
+        )
+
+
 @router.post("", status_code=201, response_model=Function, responses=errors(409, 422))
 async def create_function(request: FunctionCreate, morty: Morty) -> Function:
+    """Isolation left out: `vm`, or `container` where the platform cannot run VMs."""
+    vm_unavailable = morty.settings.vm_unavailable
+    if "isolation" in request.model_fields_set:
+        _check_isolation(request.isolation, vm_unavailable)
+    elif vm_unavailable:
+        request = request.model_copy(update={"isolation": Isolation.CONTAINER})
     async with morty.db.transaction() as session:
         function = await store.create_function(session, request)
     log.info("function created", extra={"function": function.name, "runtime": function.runtime})
@@ -43,6 +57,7 @@ async def get_function(name: str, morty: Morty) -> Function:
 @router.patch("/{name}", response_model=Function, responses=errors(404, 409, 422))
 async def update_function(name: str, patch: FunctionPatch, morty: Morty) -> Function:
     """Change configuration fields; those left out keep their value."""
+    _check_isolation(patch.isolation, morty.settings.vm_unavailable)
     async with morty.db.transaction() as session:
         function = await store.update_function(session, name, patch)
     if patch.model_fields_set & DEPLOYED_FIELDS:
