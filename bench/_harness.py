@@ -62,6 +62,25 @@ def wait_http(url: str, seconds: float, process: subprocess.Popen[bytes] | None 
     raise TimeoutError(f"{url} did not answer within {seconds}s")
 
 
+def stop(process: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of `pids`, from /proc."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def report(title: str, rows: list[tuple[str, str]], figures: dict[str, Any]) -> None:
     """Print a human table and one JSON line (for the benchmark report)."""
     width = max(len(name) for name, _ in rows)
@@ -92,12 +111,7 @@ def riklet(
         wait_http(f"http://127.0.0.1:{port}/healthz", 120, process)
         yield data_dir
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, 60)
         if (data_dir / "subnet").is_file():
             teardown = [sys.executable, "-m", "rik.riklet", "--teardown", *common]
             subprocess.run(teardown, check=False, stdin=subprocess.DEVNULL, capture_output=True)

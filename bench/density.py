@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 from tests.support.registry import start_registry, stop_registry
 
-from bench._harness import controller, report, riklet
+from bench._harness import controller, cpu_seconds, report, riklet
 from bench._python_image import PORT, python_http_image
 from bench.vm_start import GUEST_DIR, MEMORY_MIB, SNAPSHOT, Rik, first_ok, push_oci
 from rik.client import RikClient
@@ -54,14 +54,6 @@ def pss_mib(pids: list[int]) -> float:
                 if line.startswith("Pss:"):
                     kib += int(line.split()[1])
     return kib / 1024
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def instance_pids(data_dir: Path, instance_id: str) -> list[int]:
@@ -109,6 +101,18 @@ async def serving(rik: Rik, name: str) -> list[str]:
     return [i.id for i in instances]
 
 
+async def measure_serving(
+    rik: Rik, name: str, kind: str, started: float, window: float, figures: dict[str, Any], log: Any
+) -> None:
+    """Every instance of `name` serves (asserted); then its memory and idle CPU, into `figures`."""
+    ids = await serving(rik, name)
+    figures[f"{kind}s_started"] = len(ids)
+    figures[f"{kind}s_all_serving_s"] = time.perf_counter() - started
+    log(f"{len(ids)} {kind}s serving in {figures[f'{kind}s_all_serving_s']:.1f} s")
+    await asyncio.sleep(1)
+    figures[f"{kind}_pss_mib"], figures[f"{kind}_idle_cpu"] = sample(rik.data_dir, ids, window)
+
+
 async def measure(rik: Rik, containers: int, vms: int, window: float, log: Any) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     # Containers: one workload of N replicas, all serving.
@@ -123,12 +127,7 @@ async def measure(rik: Rik, containers: int, vms: int, window: float, log: Any) 
             running.add(event.object["id"])
         if len(running) == containers:
             break
-    ids = await serving(rik, "dens-ctr")
-    figures["containers_started"] = len(ids)
-    figures["containers_all_serving_s"] = time.perf_counter() - started
-    log(f"{len(ids)} containers serving in {figures['containers_all_serving_s']:.1f} s")
-    await asyncio.sleep(1)
-    figures["container_pss_mib"], figures["container_idle_cpu"] = sample(rik.data_dir, ids, window)
+    await measure_serving(rik, "dens-ctr", "container", started, window, figures, log)
     await rik.delete("dens-ctr")
 
     # VMs: one booted (measured too), snapshotted; N clones restored from it, all serving.
@@ -137,12 +136,7 @@ async def measure(rik: Rik, containers: int, vms: int, window: float, log: Any) 
     await rik.snapshot(source)
     started = time.perf_counter()
     await rik.start("dens-clones", vms, SNAPSHOT)
-    ids = await serving(rik, "dens-clones")
-    figures["vms_started"] = len(ids)
-    figures["vms_all_serving_s"] = time.perf_counter() - started
-    log(f"{len(ids)} restored VMs serving in {figures['vms_all_serving_s']:.1f} s")
-    await asyncio.sleep(1)
-    figures["vm_pss_mib"], figures["vm_idle_cpu"] = sample(rik.data_dir, ids, window)
+    await measure_serving(rik, "dens-clones", "vm", started, window, figures, log)
     [booted_pss], [booted_cpu] = sample(rik.data_dir, [source], window)
     figures["booted_vm_pss_mib"], figures["booted_vm_idle_cpu"] = booted_pss, booted_cpu
     await rik.delete("dens-clones")
