@@ -1,7 +1,7 @@
 """Run every benchmark and write docs/benchmarks/REPORT.md with one chart per figure.
 
-    sudo uv run python -m bench.report            # full rounds (about half an hour)
-    sudo uv run python -m bench.report --quick    # fewer rounds (a few minutes)
+    uv run python -m bench.report            # full rounds (about half an hour)
+    uv run python -m bench.report --quick    # fewer rounds (about ten minutes)
     uv run python -m bench.report --render-only   # redraw from docs/benchmarks/results/
 
 Each benchmark runs as its own process (`python -m bench.<name> ...`) with `$BENCH_RESULT` naming the
@@ -97,7 +97,7 @@ def machine_info(mode: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer rounds: a few minutes instead of half an hour")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds: about ten minutes instead of half an hour")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHES), help="run these; keep the others' results")
     parser.add_argument("--render-only", action="store_true", help="redraw the report from the stored results")
