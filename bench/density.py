@@ -225,14 +225,14 @@ def main() -> None:
             ),
             (
                 "containers per node: by memory / by CPU",
-                f"{f['containers_per_node_by_memory']} / {f['containers_per_node_by_cpu']}",
+                f"{f['containers_per_node_by_memory']} / {_cpu(f, 'container')}",
             ),
-            ("VMs per node: by memory / by CPU", f"{f['vms_per_node_by_memory']} / {f['vms_per_node_by_cpu']}"),
+            ("VMs per node: by memory / by CPU", f"{f['vms_per_node_by_memory']} / {_cpu(f, 'vm')}"),
             (
                 "scheduler's limit from requests: containers / VMs",
                 f"{f['containers_per_node_scheduler']} / {f['vms_per_node_scheduler']}",
             ),
-        ],  # fmt: skip
+        ],
         figures,
     )
 
