@@ -110,19 +110,29 @@ def _vm_path(r: Results, path: str, words: str) -> Figure:
     )
 
 
+def _resume(r: Results) -> Figure:
+    """Against raw QEMU's `stop` / `cont` where the run measured it; issue 3 sets no target for resume."""
+    rik = ("RIK resume", r["rik_resume_median_s"] * 1000)
+    title = f"Cold start, paused VM resume → serving ({r['accel']})"
+    if "raw_resume_median_s" not in r:
+        return Figure("cold_start_resume", title, "ms", [rik], f"{rik[1]:.0f} ms", notes=["no raw QEMU reference"])
+    raw = ("raw QEMU stop / cont", r["raw_resume_median_s"] * 1000)
+    return Figure(
+        "cold_start_resume",
+        title,
+        "ms",
+        [raw, rik],
+        f"{rik[1]:.0f} ms, {_x(r['resume_ratio'])} raw QEMU",
+        reference=True,
+        notes=["the reference is QMP `cont` on a paused raw VM; RIK's includes the API call and status report"],
+    )
+
+
 def vm(r: Results) -> list[Figure]:
-    ms = 1000
     return [
         _vm_path(r, "boot", "boot"),
         _vm_path(r, "restore", "snapshot restore"),
-        Figure(
-            "cold_start_resume",
-            f"Cold start, paused VM resume → serving ({r['accel']})",
-            "ms",
-            [("RIK resume", r["rik_resume_median_s"] * ms)],
-            f"{r['rik_resume_median_s'] * ms:.0f} ms",
-            notes=["raw QEMU has no resume reference in this benchmark"],
-        ),
+        _resume(r),
         Figure(
             "vm_memory",
             "Private memory per VM",

@@ -32,7 +32,7 @@ ACCEL_FILE = Path("/var/lib/rik/guest/accel.json")
 # name → (full arguments, quick arguments, timeout in seconds)
 BENCHES: dict[str, tuple[list[str], list[str], int]] = {
     "scheduler_throughput": ([], ["--nodes", "20", "--instances", "200"], 900),
-    "gateway_proxy": (["--rounds", "3", "--duration", "8"], ["--rounds", "2", "--duration", "3"], 900),
+    "gateway_proxy": (["--rounds", "3", "--duration", "8"], ["--rounds", "3", "--duration", "4"], 900),
     "container_start": (["--instances", "10"], ["--instances", "3"], 900),
     "vm_start": (["--runs", "5", "--clones", "5"], ["--runs", "2", "--boot-runs", "1", "--clones", "2"], 1800),
     "density": (["--instances", "8", "--vms", "3"], ["--instances", "4", "--vms", "2", "--window", "3"], 900),
