@@ -127,6 +127,8 @@ def _section(name: str, run: dict[str, Any], figures: list[Figure]) -> str:
     result = run["figures"]
     parts = [f"## {result.get('benchmark', name)}\n", f"`python -m bench.{name} {' '.join(run.get('argv', []))}`"]
     parts[-1] += f", {run.get('elapsed_s', 0):.0f} s\n"
+    for number, error in enumerate(run.get("failed_attempts", []), 1):
+        parts.append(f"Attempt {number} failed (the figures are from a later one): {error}\n")
     for figure in figures:
         parts.append(f'<a id="{figure.id}"></a>\n\n![{figure.title}]({figure.id}.png)\n')
         parts += [f"- {note}" for note in figure.notes]
