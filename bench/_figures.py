@@ -124,7 +124,10 @@ def _resume(r: Results) -> Figure:
         [raw, rik],
         f"{rik[1]:.0f} ms, {_x(r['resume_ratio'])} raw QEMU",
         reference=True,
-        notes=["the reference is QMP `cont` on a paused raw VM; RIK's includes the API call and status report"],
+        notes=[
+            "the reference is QMP `cont` on a paused raw VM; RIK's runs from the resume API call "
+            "(controller, then riklet) to the first 200"
+        ],
     )
 
 
