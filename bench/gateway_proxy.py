@@ -36,7 +36,7 @@ from pathlib import Path
 
 import httpx
 
-from bench._harness import free_port, report, wait_http
+from bench._harness import cpu_seconds, free_port, report, stop, wait_http
 
 TOKEN = "bench-token"
 PROXY_CPU = "1"
@@ -51,15 +51,6 @@ class WrkResult:
     errors: int
     requests: int = 0
     cpu_us: float = 0.0  # CPU time of the proxy's worker processes per request
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of `pids` (the proxy under test), from /proc."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:
@@ -149,12 +140,7 @@ def process(
         wait_http(url, 60, proc)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 40)
 
 
 @contextmanager
@@ -371,7 +357,14 @@ def main() -> None:
             "gateway": statistics.median(g.cpu_us for _, g in pairs),
         },
         "cpu_efficiency_ratio": statistics.median(cpu_ratios),
+        "nginx_p50_ms": statistics.median(n.p50_ms for n, _ in pairs),
+        "nginx_p99_ms": statistics.median(n.p99_ms for n, _ in pairs),
+        "gateway_p50_ms": statistics.median(g.p50_ms for _, g in pairs),
+        "gateway_p99_ms": statistics.median(g.p99_ms for _, g in pairs),
         "added_p50_ms": statistics.median(added),
+        "added_p50_runs_ms": added,
+        "quiet_rps": quiet,
+        "churn_rps": churned,
         "churn_drop": drop,
         "churn_errors": churn_errors,
         "worker_cpu_us_quiet": statistics.median(quiet_cpu),

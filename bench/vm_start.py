@@ -17,7 +17,8 @@ Reference, interleaved run by run with RIK's: `qemu-system-x86_64` launched with
 the same machine (the driver's guest kernel + initramfs and kernel command line, the same ext4 root disk
 built by the driver's DiskCache under a qcow2 overlay, the driver's config disk), user networking with a
 host port forward. Restore: QMP `stop` + `migrate` to a file, then `-incoming defer` + `migrate-incoming`
-+ `cont`. The overlay (qemu-img create) is made before the reference clock starts.
++ `cont`. Resume: QMP `stop` of a restored raw VM, then `cont` → first 200. The overlay (qemu-img create) is
+made before the reference clock starts.
 
     uv run python -m bench.vm_start [--runs 5] [--clones 5] [--boot-runs N]
 
@@ -220,6 +221,7 @@ class RawMachine:
     http: httpx.AsyncClient | None = None
     pids: list[int] = field(default_factory=list)
     count: int = 0
+    ports: dict[int, tuple[Path, int]] = field(default_factory=dict)  # pid → (directory, forwarded port)
 
     def argv(self, directory: Path, port: int, *, incoming: bool) -> list[str]:
         accel = ["-accel", "kvm", "-cpu", "host"] if self.accel == "kvm" else ["-accel", "tcg,tb-size=32"]
@@ -305,7 +307,23 @@ class RawMachine:
             await client.disconnect()
         assert self.http is not None
         served = await first_ok(self.http, f"http://127.0.0.1:{port}/", started + 60)
+        self.ports[pid] = (directory, port)
         return served - started, private_mib(pid), pid
+
+    async def resume(self, pid: int) -> float:
+        """Pause a serving VM (QMP `stop`), then the seconds from `cont` to the first 200."""
+        directory, port = self.ports[pid]
+        client = QMPClient("rawbench")
+        await client.connect(str(directory / "qmp.sock"))
+        try:
+            await client.execute("stop")
+            started = time.perf_counter()
+            await client.execute("cont")
+            assert self.http is not None
+            served = await first_ok(self.http, f"http://127.0.0.1:{port}/", started + 30)
+        finally:
+            await client.disconnect()
+        return served - started
 
     def kill(self, pid: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -359,6 +377,7 @@ class Figures:
     rik_restore: list[float] = field(default_factory=list)
     raw_restore: list[float] = field(default_factory=list)
     rik_resume: list[float] = field(default_factory=list)
+    raw_resume: list[float] = field(default_factory=list)
     rik_boot_mib: list[float] = field(default_factory=list)
     raw_boot_mib: list[float] = field(default_factory=list)
     rik_restore_mib: list[float] = field(default_factory=list)
@@ -416,6 +435,7 @@ async def measure(
         took, mib, pid = await step(f"raw restore {run}", raw.restore(raw_snapshot))
         figures.raw_restore.append(took)
         figures.raw_restore_mib.append(mib)
+        figures.raw_resume.append(await step(f"raw resume {run}", raw.resume(pid)))
         raw.kill(pid)
     served = await step(f"rik {clones} clones", rik.start("vmb-clones", clones, SNAPSHOT))
     figures.clones = [took for _, took in served]
@@ -539,7 +559,7 @@ def print_figures(f: Figures, runs: int, clones: int, boot_runs: int | None = No
     med = statistics.median
     boot, raw_boot = med(f.rik_boot), med(f.raw_boot)
     restore, raw_restore = med(f.rik_restore), med(f.raw_restore)
-    resume = med(f.rik_resume)
+    resume, raw_resume = med(f.rik_resume), med(f.raw_resume)
     rate = clones / f.clones_all_s
     ms = lambda seconds: f"{seconds * 1000:.0f} ms"  # noqa: E731
     report(
@@ -554,6 +574,8 @@ def print_figures(f: Figures, runs: int, clones: int, boot_runs: int | None = No
             ("raw QEMU restore → serving", ms(raw_restore)),
             ("ratio RIK / raw, restore", f"{restore / raw_restore:.2f}x"),
             ("RIK resume → serving", ms(resume)),
+            ("raw QEMU resume (stop, cont) → serving", ms(raw_resume)),
+            ("ratio RIK / raw, resume", f"{resume / raw_resume:.2f}x"),
             ("RIK snapshot (API → Ready), once", ms(f.rik_snapshot_s)),
             ("raw snapshot (stop + migrate), once", ms(f.raw_snapshot_s)),
             ("private memory, RIK booted VM", f"{med(f.rik_boot_mib):.0f} MiB"),
@@ -578,6 +600,9 @@ def print_figures(f: Figures, runs: int, clones: int, boot_runs: int | None = No
             "restore_ratio": restore / raw_restore,
             "rik_resume_s": f.rik_resume,
             "rik_resume_median_s": resume,
+            "raw_resume_s": f.raw_resume,
+            "raw_resume_median_s": raw_resume,
+            "resume_ratio": resume / raw_resume,
             "rik_snapshot_s": f.rik_snapshot_s,
             "raw_snapshot_s": f.raw_snapshot_s,
             "rik_boot_private_mib": med(f.rik_boot_mib),
