@@ -102,6 +102,10 @@ def _header(machine: dict[str, Any]) -> str:
         ("VM accelerator", machine.get("accel", "")),
         ("load average at start / end", f"{machine.get('load_start', '')} / {machine.get('load_end', '')}"),
     ]
+    rows += [
+        (f"run again: {', '.join(rerun['benches'])}", f"{rerun['date']}, commit {rerun['commit']}, {rerun['mode']}")
+        for rerun in machine.get("reruns", [])
+    ]
     table = "\n".join(f"| {key} | {value} |" for key, value in rows)
     return (
         "# Benchmark report\n\n"

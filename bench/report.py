@@ -136,7 +136,13 @@ def main() -> None:
                 machine["accel"] = run["figures"]["accel"]
         machine["load_end"] = " ".join(f"{v:.1f}" for v in os.getloadavg())
         machine["elapsed_s"] = time.monotonic() - started
-        (results / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
+        stored = results / "machine.json"
+        if args.only and stored.is_file():
+            # The report stays the earlier run's; it says which benchmarks were run again, when and on what.
+            rerun = {key: machine[key] for key in ("date", "commit", "mode", "load_start", "load_end")}
+            machine = json.loads(stored.read_text())
+            machine.setdefault("reruns", []).append({"benches": sorted(args.only), **rerun})
+        stored.write_text(json.dumps(machine, indent=2) + "\n")
         print(f"bench.report: logs in {logs}", file=sys.stderr)
     figures = render(results, args.out)
     print(f"bench.report: {args.out / 'REPORT.md'}: {len(figures)} figures")
