@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from typing import Any
 
 import httpx
 import pytest
@@ -46,7 +47,8 @@ async def test_unreachable_when_every_controller_is_down() -> None:
 async def test_a_watch_resumes_on_the_next_controller() -> None:
     seen: list[str] = []
     async with RikClient("http://a:7700,http://b:7700", transport=_transport({"a"}, seen)) as client:
-        async with contextlib.aclosing(client.watch(since=7, reconnect_delay=0)) as events:
+        watch: Any = client.watch(since=7, reconnect_delay=0)
+        async with contextlib.aclosing(watch) as events:
             event = await anext(events)
     assert event.resource_version == 8
     assert seen == ["GET a/api/v1/watch", "GET b/api/v1/watch"]
