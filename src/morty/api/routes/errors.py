@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any
 
@@ -12,7 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from morty.api.errors import MortyError, Unauthorized
+from morty.api.errors import MortyError, NoSpace, Unauthorized
 from morty.api.models import ErrorBody
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,13 @@ def install(app: FastAPI) -> None:
         return JSONResponse(
             {"error": str(exc.detail), "detail": None}, status_code=exc.status_code, headers=exc.headers
         )
+
+    @app.exception_handler(OSError)
+    async def os_error(request: Request, exc: OSError) -> JSONResponse:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise exc
+        log.warning("no space left on device", extra={"path": request.url.path, "file": exc.filename})
+        return await morty_error(request, NoSpace("no space left on Morty's storage; nothing was saved, retry later"))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
