@@ -107,6 +107,7 @@ class Instances:
         self._pending: defaultdict[str, int] = defaultdict(int)
         """Provisions under way per function, counted against `max_instances`."""
         self._limits = asyncio.Lock()
+        self._stopping: set[str] = set()
         self._loop_task: asyncio.Task[None] | None = None
 
     # Asked for -------------------------------------------------------------------------------------------------
@@ -206,6 +207,13 @@ class Instances:
         await self._stop(name, row.id, key, reason)
 
     async def _stop(self, name: str, instance_id: str, key: str | None, reason: str) -> None:
+        self._stopping.add(instance_id)
+        try:
+            await self._stop_now(name, instance_id, key, reason)
+        finally:
+            self._stopping.discard(instance_id)
+
+    async def _stop_now(self, name: str, instance_id: str, key: str | None, reason: str) -> None:
         async with self._db.read() as session:
             row = await session.get(InstanceRow, instance_id)
         if row is not None and key is not None:
@@ -362,11 +370,15 @@ class Instances:
             assert key is not None  # selected so
             for endpoint in await self._orchestrator.instances(key):
                 running.add(endpoint.instance_id)
+                if not endpoint.ready or endpoint.instance_id in self._stopping:
+                    continue  # e.g. moving off a lost node: its record stays, so no replacement is started
                 known = recorded.get(endpoint.instance_id)
                 if known is not None:
                     if (known.host, known.port) != (endpoint.host, endpoint.port):
                         moved.append((known, endpoint.host, endpoint.port))
                     continue
+                if self._pending[function_id]:
+                    continue  # probably the one being provisioned: the provisioning records it
                 adopted.append(
                     InstanceRow(
                         id=endpoint.instance_id, function_id=function_id, version_id=version_id, host=endpoint.host,

@@ -21,7 +21,7 @@ from morty.orchestrators.base import (
     StartPath,
 )
 from rik.client import ApiError, ClientError, RikClient, Unreachable
-from rik.model import DesiredState, EventType, Instance, Phase, PortBinding, Resource, SnapshotPhase
+from rik.model import ACTIVE_PHASES, DesiredState, EventType, Instance, Phase, PortBinding, Resource, SnapshotPhase
 
 
 class RikOrchestrator:
@@ -88,8 +88,10 @@ class RikOrchestrator:
             listing = await self.client.list_instances(workload=key)
         return [
             _endpoint(i, StartPath.BOOTED)
+            if i.phase == Phase.RUNNING and i.address
+            else InstanceEndpoint(i.id, "", 0, StartPath.BOOTED, ready=False)
             for i in listing.items
-            if i.phase == Phase.RUNNING and i.address and i.desired_state != DesiredState.DELETED
+            if i.desired_state != DesiredState.DELETED and i.phase in ACTIVE_PHASES
         ]
 
     async def pause(self, key: str, instance_id: str) -> None:

@@ -364,6 +364,12 @@ async def test_an_instance_moved_to_another_node_gets_its_new_address_and_a_gone
         first = (await api.post("/v1/functions/hello/instances")).json()
         [key] = fake.specs
         [endpoint] = fake.running[key]
+        # Its node is lost: RIK still has it, not running, while it places it elsewhere. The record stays (no
+        # replacement is provisioned for it), and so does its target until it serves elsewhere.
+        fake.running[key] = [InstanceEndpoint(endpoint.instance_id, "", 0, StartPath.BOOTED, ready=False)]
+        await instances.reconcile()
+        assert [i["id"] for i in (await api.get("/v1/functions/hello/instances")).json()["items"]] == [first["id"]]
+        assert moves == [] and gone == []
         fake.running[key] = [InstanceEndpoint(endpoint.instance_id, "10.0.0.7", 31999, StartPath.BOOTED)]
         await instances.reconcile()
         [listed] = (await api.get("/v1/functions/hello/instances")).json()["items"]
