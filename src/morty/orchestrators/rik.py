@@ -69,9 +69,12 @@ class RikOrchestrator:
                 known = {i.id for i in before.items}
                 workload = await self.client.get_workload(key)
                 await self.client.scale_workload(key, workload.spec.replicas + 1)
+                # The instances the scaling made (under the lock: no concurrent start's): wait for one of
+                # them, never for another start's, which that start records as its own.
+                mine = {i.id for i in (await self.client.list_instances(workload=key)).items} - known
             restoring = workload.spec.vm is not None and workload.spec.vm.snapshot is not None
             instance = await self._wait_for(
-                key, before.resource_version, within, lambda i: i.id not in known and i.phase == Phase.RUNNING
+                key, before.resource_version, within, lambda i: i.id in mine and i.phase == Phase.RUNNING
             )
             return _endpoint(instance, StartPath.RESTORED if restoring else StartPath.BOOTED)
 
