@@ -27,7 +27,8 @@ RSS_SLACK_KIB = 8 * 1024
 def _host_state(platform: Platform) -> dict[str, Any]:
     """What instances leave on the hosts, by kind (a set each, so before/after compare exactly)."""
     cluster = platform.cluster
-    state: dict[str, Any] = {"netns": {n for n in netns_names() if n.startswith("rik-")}}
+    ours = tuple(f"rik-{r.bridge}-" for r in cluster.riklets.values())  # not other riklets on the machine
+    state: dict[str, Any] = {"netns": {n for n in netns_names() if n.startswith(ours)}}
     for riklet in cluster.riklets.values():
         assert riklet.netns is not None
         pid = riklet.proc.pid
