@@ -12,6 +12,10 @@ from tests.support.postgres import create_database, postgres_server
 from tests.support.registry import pid_alive, start_registry, stop_registry
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--full", action="store_true", help="tests/platform in their long form (also PLATFORM_FULL=1)")
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[str]:
     """One PostgreSQL server for the session (``host:port``); tests create their own databases in it."""

@@ -56,9 +56,21 @@ class Unreachable(ClientError):
 
 
 class RikClient:
+    """`base_url` may list several controllers sharing one database, comma-separated: a request that cannot
+    connect to one goes to the next, and a watch that breaks resumes on the next."""
+
     def __init__(self, base_url: str, *, timeout: float = 10.0, transport: httpx.AsyncBaseTransport | None = None):
-        self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
+        self.urls = [url.strip().rstrip("/") for url in base_url.split(",") if url.strip()] or [""]
+        self.base_url = ",".join(self.urls)
+        self._current = 0
+        self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
+
+    @property
+    def current_url(self) -> str:
+        return self.urls[self._current]
+
+    def _fail_over(self) -> None:
+        self._current = (self._current + 1) % len(self.urls)
 
     async def __aenter__(self) -> RikClient:
         return self
@@ -72,10 +84,16 @@ class RikClient:
     # Plumbing -----------------------------------------------------------------------------------------
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = await self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise Unreachable(f"controller at {self.base_url} did not answer: {exc!r}") from exc
+        for attempt in range(len(self.urls)):
+            url = self.current_url
+            try:
+                response = await self._http.request(method, url + path, **kwargs)
+                break
+            except httpx.TransportError as exc:
+                self._fail_over()
+                # Only a request that never reached a controller is safe to send to another one.
+                if attempt + 1 == len(self.urls) or not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+                    raise Unreachable(f"controller at {url} did not answer: {exc!r}") from exc
         if response.status_code >= 400:
             raise _api_error(response.status_code, response.content)
         return response
@@ -146,7 +164,7 @@ class RikClient:
         try:
             async with self._http.stream(
                 "GET",
-                f"/api/v1/instances/{instance_id}/logs",
+                f"{self.current_url}/api/v1/instances/{instance_id}/logs",
                 params=params,
                 timeout=httpx.Timeout(10, read=None if follow else 30),
             ) as response:
@@ -155,6 +173,7 @@ class RikClient:
                 async for chunk in response.aiter_bytes():
                     yield chunk
         except httpx.TransportError as exc:
+            self._fail_over()
             raise Unreachable(f"controller at {self.base_url} did not answer: {exc!r}") from exc
 
     async def pause_instance(self, instance_id: str) -> Instance:
@@ -232,7 +251,7 @@ class RikClient:
             try:
                 async with self._http.stream(
                     "GET",
-                    "/api/v1/watch",
+                    f"{self.current_url}/api/v1/watch",
                     params={**params, "since": str(cursor)},
                     timeout=httpx.Timeout(10, read=60),
                 ) as response:
@@ -250,6 +269,7 @@ class RikClient:
                         yield WatchEvent.model_validate(raw)
             except (httpx.TransportError, httpx.StreamError, json.JSONDecodeError) as exc:
                 log.info("watch interrupted; resuming", extra={"since": cursor, "error": repr(exc)})
+                self._fail_over()
             await asyncio.sleep(reconnect_delay)
 
 

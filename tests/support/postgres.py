@@ -29,9 +29,10 @@ def _as_postgres(argv: list[str]) -> list[str]:
 
 
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """Start a server in a new directory under /tmp (the `postgres` account must reach it, which
-    pytest's private temp dirs do not allow); yields `host:port`, removes everything on exit."""
+def postgres_server(host: str = "127.0.0.1", clients: str | None = None) -> Iterator[str]:
+    """Start a server listening on `host` in a new directory under /tmp (the `postgres` account must
+    reach it, which pytest's private temp dirs do not allow); yields `host:port`, removes everything on exit.
+    `clients` (a CIDR) are trusted too, besides the loopback addresses."""
     bin_dir = postgres_bin()
     directory = Path(tempfile.mkdtemp(prefix="rik-postgres-"))
     data = directory / "data"
@@ -43,17 +44,20 @@ def postgres_server() -> Iterator[str]:
         check=True,
         capture_output=True,
     )
+    if clients:
+        with (data / "pg_hba.conf").open("a") as hba:
+            hba.write(f"host all all {clients} trust\n")
     log = directory / "server.log"
     subprocess.run(
         _as_postgres(
             [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "start", "-o"]
-            + [f"-h 127.0.0.1 -p {port} -k {directory} -c fsync=off -c max_connections=200"]
+            + [f"-h {host} -p {port} -k {directory} -c fsync=off -c max_connections=200"]
         ),
         check=True,
         capture_output=True,
     )
     try:
-        yield f"127.0.0.1:{port}"
+        yield f"{host}:{port}"
     finally:
         subprocess.run(
             _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),

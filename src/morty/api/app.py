@@ -113,8 +113,14 @@ def _attach_gateway(gateway: Gateway, instances: Instances, deployer: Deployer) 
                 per_address[address] = per_address.get(address, 0) + count
         return per_address
 
+    async def move(before: Placed, after: Placed) -> None:
+        await gateway.add_target(after.key, after.host, after.port, after.instance_id, after.start_path)
+        await gateway.remove_target(before.key, before.host, before.port)
+
     instances.after_start.append(register)
     instances.before_stop.insert(0, drain)
+    instances.after_gone.append(drain)
+    instances.after_move.append(move)
     instances.load = load
     deployer.on_ready.append(gateway.sync_function_soon)
 
@@ -158,7 +164,13 @@ def create_app(
             ),
         )
         instances = Instances(
-            db, orchestrator, ScalingSettings(provision_timeout=settings.provision_timeout, tick=settings.scaling_tick)
+            db,
+            orchestrator,
+            ScalingSettings(
+                provision_timeout=settings.provision_timeout,
+                tick=settings.scaling_tick,
+                reconcile_interval=settings.reconcile_interval,
+            ),
         )
         deployer.before_redeploy.append(instances.stop_version)
         instance_logs = InstanceLogs(db, box)

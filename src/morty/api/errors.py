@@ -9,7 +9,8 @@ MortyError
  ├── TooLarge      413
  ├── Invalid       422
  ├── Busy          429
- └── Unavailable   503
+ ├── Unavailable   503
+ └── NoSpace       507
 """
 
 from __future__ import annotations
@@ -62,3 +63,9 @@ class Busy(MortyError):
 
 class Unavailable(MortyError):
     status_code = 503
+
+
+class NoSpace(MortyError):
+    """The data directory's file system is full (or over quota): nothing was written; retry once space returns."""
+
+    status_code = 507

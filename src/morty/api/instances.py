@@ -9,7 +9,9 @@
   below `min_instances` back up to it.
 - `reconcile()` (at start and periodically) makes the records match what the orchestrator runs: instances
   started by a process that stopped before recording them are adopted (and age out when idle); records of
-  instances that no longer run are dropped. So a restart mid-provisioning loses nothing and leaks nothing.
+  instances that no longer run are dropped (`after_gone` hooks: the gateway forgets their address); an
+  instance the orchestrator moved to another node (its node was lost) gets its new address (`after_move`).
+  So a restart mid-provisioning loses nothing and leaks nothing, and a lost node's instances keep serving.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class Placed:
 
 
 Hook = Callable[[Placed], Awaitable[None]]
+MoveHook = Callable[[Placed, Placed], Awaitable[None]]
 Load = Callable[[], Awaitable[dict[str, int]]]
 """In-flight requests per instance address (`host:port`), e.g. from the gateway."""
 
@@ -67,7 +70,9 @@ class ScalingSettings:
     provision_timeout: float = 120.0
     tick: float = 1.0
     """How often idle instances and `min_instances` are checked."""
-    reconcile_interval: float = 30.0
+    reconcile_interval: float = 2.0
+    """How often records are matched with what the orchestrator runs: bounds how long a moved instance's old
+    address stays a target."""
 
 
 def _instance(function: str, version: str, row: InstanceRow, idle_timeout: int) -> Instance:
@@ -94,10 +99,15 @@ class Instances:
         """Run once an instance is ready and recorded (the gateway registers it as a target)."""
         self.before_stop: list[Hook] = []
         """Run before an instance is stopped (the gateway drains it; its logs are collected)."""
+        self.after_gone: list[Hook] = []
+        """Run after the record of an instance that no longer runs is dropped."""
+        self.after_move: list[MoveHook] = []
+        """Run with (before, after) when an instance now serves at another address."""
         self.load: Load | None = None
         self._pending: defaultdict[str, int] = defaultdict(int)
         """Provisions under way per function, counted against `max_instances`."""
         self._limits = asyncio.Lock()
+        self._stopping: set[str] = set()
         self._loop_task: asyncio.Task[None] | None = None
 
     # Asked for -------------------------------------------------------------------------------------------------
@@ -197,6 +207,13 @@ class Instances:
         await self._stop(name, row.id, key, reason)
 
     async def _stop(self, name: str, instance_id: str, key: str | None, reason: str) -> None:
+        self._stopping.add(instance_id)
+        try:
+            await self._stop_now(name, instance_id, key, reason)
+        finally:
+            self._stopping.discard(instance_id)
+
+    async def _stop_now(self, name: str, instance_id: str, key: str | None, reason: str) -> None:
         async with self._db.read() as session:
             row = await session.get(InstanceRow, instance_id)
         if row is not None and key is not None:
@@ -355,13 +372,21 @@ class Instances:
         keys_by_version = {version_id: key for version_id, _, key in versions}
         running: set[str] = set()
         adopted: list[InstanceRow] = []
+        moved: list[tuple[InstanceRow, str, int]] = []
         stamp = store.now()
         for version_id, function_id, key in versions:
             assert key is not None  # selected so
             for endpoint in await self._orchestrator.instances(key):
                 running.add(endpoint.instance_id)
-                if endpoint.instance_id in recorded:
+                if not endpoint.ready or endpoint.instance_id in self._stopping:
+                    continue  # e.g. moving off a lost node: its record stays, so no replacement is started
+                known = recorded.get(endpoint.instance_id)
+                if known is not None:
+                    if (known.host, known.port) != (endpoint.host, endpoint.port):
+                        moved.append((known, endpoint.host, endpoint.port))
                     continue
+                if self._pending[function_id]:
+                    continue  # probably the one being provisioned: the provisioning records it
                 adopted.append(
                     InstanceRow(
                         id=endpoint.instance_id, function_id=function_id, version_id=version_id, host=endpoint.host,
@@ -372,19 +397,37 @@ class Instances:
                     )
                 )  # fmt: skip
         gone = [instance_id for instance_id in recorded if instance_id not in running]
-        if not adopted and not gone:
+        if not adopted and not gone and not moved:
             return
         async with self._db.transaction() as session:
             for row in adopted:
                 await session.merge(row)
             if gone:
                 await session.execute(delete(InstanceRow).where(InstanceRow.id.in_(gone)))
-        log.info("instances reconciled", extra={"adopted": [r.id for r in adopted], "gone": gone})
+            for row, host, port in moved:
+                await session.execute(update(InstanceRow).where(InstanceRow.id == row.id).values(host=host, port=port))
+        log.info(
+            "instances reconciled",
+            extra={"adopted": [r.id for r in adopted], "gone": gone, "moved": [r.id for r, _, _ in moved]},
+        )
         names = {function_id: name for function_id, name in await self._function_names()}
+
+        def placed(row: InstanceRow, key: str, host: str, port: int) -> Placed:
+            return Placed(names.get(row.function_id, ""), key, row.id, host, port, row.start_path)
+
+        for instance_id in gone:
+            row = recorded[instance_id]
+            if (key := keys_by_version.get(row.version_id)) is not None:
+                await self._run_hooks(self.after_gone, placed(row, key, row.host, row.port))
+        for row, host, port in moved:
+            if (key := keys_by_version.get(row.version_id)) is not None:
+                for hook in self.after_move:
+                    try:
+                        await hook(placed(row, key, row.host, row.port), placed(row, key, host, port))
+                    except Exception:
+                        log.exception("instance move hook failed", extra={"instance": row.id})
         for row in adopted:
-            key = keys_by_version.get(row.version_id)
-            if key is not None:
-                placed = Placed(names.get(row.function_id, ""), key, row.id, row.host, row.port, row.start_path)
-                await self._run_hooks(self.after_start, placed)
+            if (key := keys_by_version.get(row.version_id)) is not None:
+                await self._run_hooks(self.after_start, placed(row, key, row.host, row.port))
         async with self._db.read() as session:
             RUNNING.set(await session.scalar(select(func.count()).select_from(InstanceRow)) or 0)

@@ -46,6 +46,8 @@ class Settings:
     snapshots: bool = True
     """VM versions are snapshotted once booted at deploy time, and instances restore that snapshot."""
     scaling_tick: float = 1.0
+    reconcile_interval: float = 2.0
+    """How often instance records are matched with the orchestrator (adopted, gone, moved to another node)."""
     gateway_url: str = ""
     """The API gateway's management API. Empty: no gateway; functions are reached through their instances."""
     gateway_token: str | None = None
@@ -88,6 +90,7 @@ class Settings:
             provision_timeout=float(env.get("MORTY_PROVISION_TIMEOUT", "120")),
             snapshots=env.get("MORTY_SNAPSHOTS", "1") not in ("0", "false", "no", "off"),
             scaling_tick=float(env.get("MORTY_SCALING_TICK", "1")),
+            reconcile_interval=float(env.get("MORTY_RECONCILE_INTERVAL", "2")),
             gateway_url=env.get("MORTY_GATEWAY_URL", ""),
             gateway_token=env.get("MORTY_GATEWAY_TOKEN") or None,
             gateway_provision_url=env.get("MORTY_GATEWAY_PROVISION_URL", ""),

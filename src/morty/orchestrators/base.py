@@ -54,6 +54,8 @@ class InstanceEndpoint:
     path: StartPath
     control: tuple[str, int] | None = None
     """Where the spec's `control_port` is reached, if it declared one."""
+    ready: bool = True
+    """False: the instance exists but does not serve now (e.g. being moved off a lost node); no address."""
 
 
 class OrchestratorError(Exception):
@@ -87,7 +89,8 @@ class Orchestrator(Protocol):
     async def resume(self, key: str, instance_id: str, *, within: float) -> InstanceEndpoint: ...
 
     async def instances(self, key: str) -> list[InstanceEndpoint]:
-        """The version's ready instances."""
+        """The version's instances that are not being removed: the ready ones, and the others with
+        `ready=False`."""
 
     async def unregister(self, key: str) -> None:
         """Remove the version, its instances and its snapshot."""

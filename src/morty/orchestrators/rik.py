@@ -21,7 +21,7 @@ from morty.orchestrators.base import (
     StartPath,
 )
 from rik.client import ApiError, ClientError, RikClient, Unreachable
-from rik.model import DesiredState, EventType, Instance, Phase, PortBinding, Resource, SnapshotPhase
+from rik.model import ACTIVE_PHASES, DesiredState, EventType, Instance, Phase, PortBinding, Resource, SnapshotPhase
 
 
 class RikOrchestrator:
@@ -69,9 +69,12 @@ class RikOrchestrator:
                 known = {i.id for i in before.items}
                 workload = await self.client.get_workload(key)
                 await self.client.scale_workload(key, workload.spec.replicas + 1)
+                # The instances the scaling made (under the lock: no concurrent start's): wait for one of
+                # them, never for another start's, which that start records as its own.
+                mine = {i.id for i in (await self.client.list_instances(workload=key)).items} - known
             restoring = workload.spec.vm is not None and workload.spec.vm.snapshot is not None
             instance = await self._wait_for(
-                key, before.resource_version, within, lambda i: i.id not in known and i.phase == Phase.RUNNING
+                key, before.resource_version, within, lambda i: i.id in mine and i.phase == Phase.RUNNING
             )
             return _endpoint(instance, StartPath.RESTORED if restoring else StartPath.BOOTED)
 
@@ -88,8 +91,10 @@ class RikOrchestrator:
             listing = await self.client.list_instances(workload=key)
         return [
             _endpoint(i, StartPath.BOOTED)
+            if i.phase == Phase.RUNNING and i.address
+            else InstanceEndpoint(i.id, "", 0, StartPath.BOOTED, ready=False)
             for i in listing.items
-            if i.phase == Phase.RUNNING and i.address and i.desired_state != DesiredState.DELETED
+            if i.desired_state != DesiredState.DELETED and i.phase in ACTIVE_PHASES
         ]
 
     async def pause(self, key: str, instance_id: str) -> None:

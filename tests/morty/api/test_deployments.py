@@ -353,3 +353,44 @@ async def test_configuration_and_secret_changes_redeploy_ready_versions(morty_fa
         version = await _version(api, "conf", "1.0.0")
         assert version["status"] == "ready", "a failed redeploy keeps the version serving"
         assert "applying the new configuration failed: Timeout" in version["status_message"]
+
+
+async def test_an_instance_moved_to_another_node_gets_its_new_address_and_a_gone_one_is_forgotten(
+    morty_factory: MortyFactory,
+) -> None:
+    """RIK keeps a lost node's instance (same id) and runs it elsewhere: Morty's record and hooks follow."""
+    fake = FakeOrchestrator()
+    async with morty_factory(orchestrator=fake, **SLOW_TICK) as api:
+        await create_function(api, "hello")
+        await ready_version(api, "hello", "1.0.0")
+        instances = _morty(api).instances
+        moves: list[tuple[str, str]] = []
+        gone: list[str] = []
+
+        async def on_move(before: Any, after: Any) -> None:
+            moves.append((f"{before.host}:{before.port}", f"{after.host}:{after.port}"))
+
+        async def on_gone(placed: Any) -> None:
+            gone.append(f"{placed.instance_id}@{placed.host}:{placed.port}")
+
+        instances.after_move.append(on_move)
+        instances.after_gone.append(on_gone)
+        first = (await api.post("/v1/functions/hello/instances")).json()
+        [key] = fake.specs
+        [endpoint] = fake.running[key]
+        # Its node is lost: RIK still has it, not running, while it places it elsewhere. The record stays (no
+        # replacement is provisioned for it), and so does its target until it serves elsewhere.
+        fake.running[key] = [InstanceEndpoint(endpoint.instance_id, "", 0, StartPath.BOOTED, ready=False)]
+        await instances.reconcile()
+        assert [i["id"] for i in (await api.get("/v1/functions/hello/instances")).json()["items"]] == [first["id"]]
+        assert moves == [] and gone == []
+        fake.running[key] = [InstanceEndpoint(endpoint.instance_id, "10.0.0.7", 31999, StartPath.BOOTED)]
+        await instances.reconcile()
+        [listed] = (await api.get("/v1/functions/hello/instances")).json()["items"]
+        assert (listed["id"], listed["host"], listed["port"]) == (first["id"], "10.0.0.7", 31999)
+        assert moves == [(f"{first['host']}:{first['port']}", "10.0.0.7:31999")]
+
+        fake.running[key] = []
+        await instances.reconcile()
+        assert (await api.get("/v1/functions/hello/instances")).json()["items"] == []
+        assert gone == [f"{first['id']}@10.0.0.7:31999"]

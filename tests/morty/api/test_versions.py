@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import tarfile
 import zipfile
@@ -193,3 +194,21 @@ async def test_a_queued_build_can_be_cancelled_once(api: httpx.AsyncClient) -> N
     again = await api.post(f"/v1/functions/hello/builds/{build_id}/cancel")
     assert again.status_code == 409 and "already finished" in again.json()["error"]
     assert (await api.post("/v1/functions/hello/builds/nope/cancel")).status_code == 404
+
+
+async def test_an_upload_to_a_full_disk_is_a_507_with_a_message(api: httpx.AsyncClient, data_dir: Path) -> None:
+    await create_function(api, "hello")
+    created = await create_version(api, "hello", "1.0.0")
+    code_store = api.app.state.morty.code_store  # type: ignore[attr-defined]
+
+    async def full(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(data_dir / "code" / ".staging" / "x"))
+
+    code_store.receive = full
+    response = await upload(created["upload"]["url"], zip_bytes())
+    assert response.status_code == 507, response.text
+    assert response.json() == {
+        "error": "no space left on Morty's storage; nothing was saved, retry later",
+        "detail": None,
+    }
+    assert (await api.get("/v1/functions/hello/versions/1.0.0")).json()["status"] == "awaiting_upload"

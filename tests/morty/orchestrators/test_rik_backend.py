@@ -4,6 +4,8 @@ and exactly the instance asked for goes away."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from morty.orchestrators.base import DeploymentSpec, Isolation, OrchestratorError, StartPath
@@ -26,8 +28,8 @@ async def test_container_version_lifecycle(cluster: Cluster, image: str) -> None
         assert (await client.get_workload(spec.key)).spec.replicas == 0
         assert (await client.list_instances(workload=spec.key)).items == []
 
-        first = await rik.start_instance(spec.key, within=60)
-        second = await rik.start_instance(spec.key, within=60)
+        # Two at once: each gets the instance its own scaling made, not whichever runs first.
+        first, second = await asyncio.gather(*(rik.start_instance(spec.key, within=60) for _ in range(2)))
         assert first.instance_id != second.instance_id and first.path == StartPath.BOOTED
         for endpoint in (first, second):
             assert await http_get(f"http://{endpoint.host}:{endpoint.port}/") == (200, INDEX_HTML)

@@ -176,13 +176,18 @@ class Proc:
     log_path: Path
     popen: subprocess.Popen[bytes] | None = None
 
-    def start(self, argv: list[str]) -> None:
+    def start(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         assert not self.alive(), f"{self.name} is already running"
         with self.log_path.open("ab") as log:
             log.write(f"\n===== {time.strftime('%H:%M:%S')} starting: {' '.join(argv)}\n".encode())
             log.flush()
             self.popen = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO_ROOT
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=_env() | (env or {}),
+                cwd=REPO_ROOT,
             )
 
     @property
@@ -378,6 +383,18 @@ class Cluster:
         self.hosts: list[NetnsHost] = []
         self.forwarders: list[TcpForwarder] = []
         self.insecure_registries = [registry]
+        self.startup_timeout = 30.0
+        """Seconds a process we start may take to answer its health check."""
+        self.links: list[str] = []
+        """Interfaces made outside `add_host` (e.g. a bridge the hosts share), removed by `close`."""
+        self.daemons: list[Proc] = []
+        """Processes other than controllers and riklets, stopped by `close` after the riklets."""
+
+    def controllers(self) -> list[Controller]:
+        return [self.controller] if self.controller else []
+
+    def processes(self) -> list[Proc]:
+        return [c.proc for c in self.controllers()] + [r.proc for r in self.riklets.values()] + self.daemons
 
     # Controller ---------------------------------------------------------------------------------------
 
@@ -507,7 +524,7 @@ class Cluster:
 
     def _wait_http(self, url: str, ready: Callable[[dict[str, Any]], bool], proc: Proc, what: str) -> None:
         """Bounded poll of a health endpoint; fails early, with the log, if the process dies."""
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.startup_timeout
         last = ""
         with httpx.Client(trust_env=False, timeout=2.0) as http:
             while time.monotonic() < deadline:
@@ -604,7 +621,7 @@ class Cluster:
         return next(i for i in found if i.workload == workload)
 
     def logs(self, lines: int = 25) -> str:
-        procs = ([self.controller.proc] if self.controller else []) + [r.proc for r in self.riklets.values()]
+        procs = self.processes()
         return "\n".join(f"----- {p.name} ({p.log_path}):\n{p.tail(lines)}" for p in procs)
 
     # Host view of an instance -------------------------------------------------------------------------
@@ -680,7 +697,7 @@ class Cluster:
     async def close(self) -> None:
         """Stop everything this cluster started and remove what its riklets left; then check the host."""
         problems: list[str] = []
-        if self.controller and self.controller.proc.alive() and any(r.proc.alive() for r in self.riklets.values()):
+        if any(c.proc.alive() for c in self.controllers()) and any(r.proc.alive() for r in self.riklets.values()):
             # The normal way first: delete the workloads and let the riklets remove their instances.
             with contextlib.suppress(Exception):
                 async with self.client() as client:
@@ -690,10 +707,12 @@ class Cluster:
                         async with asyncio.timeout(15):
                             while (await client.list_instances()).items:
                                 await asyncio.sleep(0.2)
+        for daemon in self.daemons:
+            await asyncio.to_thread(daemon.stop, 15)
         for riklet in self.riklets.values():
             await asyncio.to_thread(riklet.proc.stop, 10)
-        if self.controller:
-            await asyncio.to_thread(self.controller.proc.stop, 15)
+        for controller in self.controllers():
+            await asyncio.to_thread(controller.proc.stop, 15)
         for riklet in self.riklets.values():
             # Whatever is left (killed riklets, failed deletions): the driver destroys it, riklet or not.
             scrub = [sys.executable, str(SCRUB), str(riklet.data_dir), riklet.bridge, riklet.subnet, riklet.address]
@@ -707,6 +726,8 @@ class Cluster:
         for host in self.hosts:
             sh("ip", "link", "del", host.outer, check=False)
             sh("ip", "netns", "del", host.name, check=False)
+        for link in self.links:
+            sh("ip", "link", "del", link, check=False)
         for forwarder in self.forwarders:
             await asyncio.to_thread(forwarder.stop)
         problems += await asyncio.to_thread(self.leftovers)
@@ -716,11 +737,11 @@ class Cluster:
     def leftovers(self) -> list[str]:
         """Everything of this cluster still on the host (empty when clean)."""
         found = []
-        procs = ([self.controller.proc] if self.controller else []) + [r.proc for r in self.riklets.values()]
+        procs = self.processes()
         found += [f"process still running: {p.name} (pid {p.pid})" for p in procs if p.alive()]
         found += [f"mount: {line}" for line in mounts_under(self.root)]
         found += [f"network namespace {n}" for n in netns_names() if n in {h.name for h in self.hosts}]
-        found += [f"interface {n}" for n in link_names() & {h.outer for h in self.hosts}]
+        found += [f"interface {n}" for n in link_names() & ({h.outer for h in self.hosts} | set(self.links))]
         for riklet in self.riklets.values():
             found += [f"{riklet.name}: {item}" for item in node_leftovers(riklet.data_dir, riklet.bridge)]
         return found

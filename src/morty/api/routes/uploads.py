@@ -37,7 +37,7 @@ _BODY = {
 @router.put(
     "/{token}",
     response_model=UploadResult,
-    responses=errors(403, 404, 409, 413, 422),
+    responses=errors(403, 404, 409, 413, 422, 507),
     openapi_extra=_BODY,
 )
 async def upload(token: str, request: Request, morty: Morty) -> UploadResult:

@@ -1,0 +1,73 @@
+"""Morty APIs' data directory (a small tmpfs here) fills up: an upload is refused with 507 and a message, not
+a 500 and a traceback; nothing half-written is left or recorded; reads and warm invocations go on; once space
+returns the same upload URL works and the version builds and deploys."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ._platform import Platform
+from .conftest import Deployed, archive, deploy
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+@contextlib.contextmanager
+def _full(directory: Path) -> Iterator[None]:
+    """Take every free block of the file system of `directory`, until the block is left."""
+    filler = directory / "filler"
+    with filler.open("wb") as out:
+        stat = os.statvfs(directory)
+        os.posix_fallocate(out.fileno(), 0, stat.f_bavail * stat.f_frsize)
+        with contextlib.suppress(OSError):  # the last partial block
+            out.write(b"\0" * 65536)
+            out.flush()
+    try:
+        probe = directory / "probe"
+        with pytest.raises(OSError) as raised:
+            probe.write_bytes(b"\0" * 65536)
+        assert raised.value.errno == errno.ENOSPC
+        probe.unlink(missing_ok=True)
+        yield
+    finally:
+        filler.unlink()
+
+
+async def test_a_full_data_directory_is_a_clear_error_and_recovers(platform: Platform, deployed: Deployed) -> None:
+    log_before = platform.morty.proc.log_path.read_text().count("Traceback")
+    async with platform.api() as api, httpx.AsyncClient(timeout=60, trust_env=False) as plain:
+        created = await api.post(
+            "/v1/functions", json={"name": "disk", "runtime": "python3.11", "isolation": "container"}
+        )
+        assert created.status_code == 201, created.text
+        version = await api.post("/v1/functions/disk/versions", json={"version": "1.0.0"})
+        upload_url = version.json()["upload"]["url"]
+        code = platform.data_dir / "code"
+        stored_before = sorted(p.relative_to(code) for p in code.rglob("*") if p.is_file())
+
+        with _full(platform.data_dir):
+            refused = await plain.put(upload_url, content=archive())
+            assert refused.status_code == 507, refused.text
+            assert "no space left" in refused.json()["error"], refused.text
+            # Nothing recorded, nothing half-written; the rest of the API and warm traffic go on.
+            status = (await api.get("/v1/functions/disk/versions/1.0.0")).json()["status"]
+            assert status == "awaiting_upload"
+            assert sorted(p.relative_to(code) for p in code.rglob("*") if p.is_file()) == stored_before
+            assert (await api.get("/v1/functions")).status_code == 200
+            for path in deployed.paths:
+                assert (await plain.get(path)).status_code == 200
+
+        # Space again: the same URL takes the upload; the version builds, deploys and serves.
+        accepted = await plain.put(upload_url, content=archive())
+        assert accepted.status_code == 200, accepted.text
+        # (Not invoked: a new image is a 250 MB unpack on a node, time the quick form does not have.)
+        await deploy(api, "disk", "1.0.0", upload=False)
+        assert (await api.delete("/v1/functions/disk")).status_code == 200
+    assert platform.morty.proc.log_path.read_text().count("Traceback") == log_before, platform.morty.proc.tail(40)
