@@ -141,6 +141,8 @@ class VMDriver:
         self._run_dir = run_dir or Path("/run/rik-vm") / tag
         self._accel = accel
         self._boot_timeout = boot_timeout
+        # Starts and restores in progress: the run directory (QMP sockets) must not be removed under them.
+        self._launches = 0
         self._min_memory_mib = min_memory_mib
         self._kernel: GuestKernel | None = None
         self._ready_lock = asyncio.Lock()
@@ -178,6 +180,14 @@ class VMDriver:
     # Lifecycle --------------------------------------------------------------------------------------------
 
     async def start(self, request: InstanceRequest, progress: ProgressCallback) -> Handle:
+        self._launches += 1
+        try:
+            return await self._start(request, progress)
+        finally:
+            self._launches -= 1
+            self._tidy_run_dir()
+
+    async def _start(self, request: InstanceRequest, progress: ProgressCallback) -> Handle:
         kernel, accel = await self._ensure_ready()
         spec = request.spec
         paths = self._paths(request.id)
@@ -344,6 +354,14 @@ class VMDriver:
         straight from the snapshot file (`-incoming fd:N`: no helper process, no pipe); the namespace's link
         to the bridge, the guest tap's addresses and NAT, and the host port forwards are set up while it
         loads. Only the readiness check needs both."""
+        self._launches += 1
+        try:
+            return await self._restore(request, snapshot, progress)
+        finally:
+            self._launches -= 1
+            self._tidy_run_dir()
+
+    async def _restore(self, request: InstanceRequest, snapshot: Path, progress: ProgressCallback) -> Handle:
         await self._ensure_ready()
         spec = request.spec
         paths = self._paths(request.id)
@@ -638,9 +656,16 @@ class VMDriver:
         await self._network.release(instance_id)
         await asyncio.to_thread(shutil.rmtree, paths.directory, True)
         await asyncio.to_thread(paths.qmp_socket.unlink, missing_ok=True)
-        with contextlib.suppress(OSError):  # the driver's run directory, once its last VM is gone
-            await asyncio.to_thread(self._run_dir.rmdir)
+        self._tidy_run_dir()
         logger.info("vm destroyed", extra={"instance": instance_id})
+
+    def _tidy_run_dir(self) -> None:
+        """Remove the run directory once its last VM is gone (it then holds no QMP socket) and no start is
+        under way. On the loop's thread, so no start can make the directory between the check and the
+        removal."""
+        if self._launches == 0:
+            with contextlib.suppress(OSError):
+                self._run_dir.rmdir()
 
 
 class _Steps:
