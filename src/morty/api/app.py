@@ -173,6 +173,7 @@ def create_app(
             ),
         )
         deployer.before_redeploy.append(instances.stop_version)
+        instances.deploying = deployer.deploying
         instance_logs = InstanceLogs(db, box)
         collect = instance_logs.collect
 

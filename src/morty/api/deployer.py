@@ -85,6 +85,9 @@ class Deployer:
         its running instances): the version's instances are stopped, drained first, and come back on demand."""
         self.on_ready: list[Callable[[str], Awaitable[None]]] = []
         """Called with the function's name once one of its versions is ready."""
+        self.deploying: set[str] = set()
+        """Deployment keys being (re)deployed: the instance such a deployment boots for its snapshot is the
+        deployer's, not one for the instance manager to adopt."""
 
     async def enqueue(self, version_id: str, *, redeploy: bool = False) -> None:
         """Deploy a `deploying` version; with `redeploy`, apply the function's current configuration to a `ready`
@@ -214,6 +217,13 @@ class Deployer:
         spec = await self._spec(version_id, redeploy)
         if spec is None:
             return
+        self.deploying.add(spec.key)
+        try:
+            await self._deploy_spec(version_id, spec, redeploy)
+        finally:
+            self.deploying.discard(spec.key)
+
+    async def _deploy_spec(self, version_id: str, spec: DeploymentSpec, redeploy: bool) -> None:
         log.info("deploying", extra={"version": version_id, "key": spec.key, "isolation": spec.isolation.value})
         if redeploy:
             for hook in self.before_redeploy:

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -108,6 +108,8 @@ class Instances:
         """Provisions under way per function, counted against `max_instances`."""
         self._limits = asyncio.Lock()
         self._stopping: set[str] = set()
+        self.deploying: Collection[str] = frozenset()
+        """Deployment keys being deployed (the deployer's set): their snapshot instances are not adopted."""
         self._loop_task: asyncio.Task[None] | None = None
 
     # Asked for -------------------------------------------------------------------------------------------------
@@ -387,6 +389,8 @@ class Instances:
                     continue
                 if self._pending[function_id]:
                     continue  # probably the one being provisioned: the provisioning records it
+                if key in self.deploying:
+                    continue  # the instance a (re)deployment boots for its snapshot
                 adopted.append(
                     InstanceRow(
                         id=endpoint.instance_id, function_id=function_id, version_id=version_id, host=endpoint.host,

@@ -394,3 +394,27 @@ async def test_an_instance_moved_to_another_node_gets_its_new_address_and_a_gone
         await instances.reconcile()
         assert (await api.get("/v1/functions/hello/instances")).json()["items"] == []
         assert gone == [f"{first['id']}@10.0.0.7:31999"]
+
+
+async def test_the_instance_a_redeploy_boots_for_its_snapshot_is_not_adopted(morty_factory: MortyFactory) -> None:
+    fake = FakeOrchestrator()
+    async with morty_factory(orchestrator=fake, **SLOW_TICK) as api:
+        morty = _morty(api)
+        await create_function(api, "hello")
+        await ready_version(api, "hello", "1.0.0")
+        [key] = fake.specs
+        fake.snapshot_gate = asyncio.Event()
+        assert (await api.patch("/v1/functions/hello", json={"env": {"MODE": "new"}})).status_code == 200
+        while ("prepare_snapshot", key) not in fake.calls[2:]:  # the redeploy's, after the first deployment's
+            await asyncio.sleep(0.01)
+        # What RIK runs meanwhile: the instance the redeploy booted to snapshot, still unrecorded by Morty.
+        fake.running[key] = [InstanceEndpoint("snapshot-boot", "10.0.0.9", 31000, StartPath.BOOTED)]
+        await morty.instances.reconcile()
+        assert (await api.get("/v1/functions/hello/instances")).json()["items"] == []
+        fake.snapshot_gate.set()
+        for version_id in list(morty.deployer._tasks):
+            await morty.deployer.wait(version_id)
+        # Once no deployment owns it, an unrecorded instance is adopted as before.
+        await morty.instances.reconcile()
+        listed = (await api.get("/v1/functions/hello/instances")).json()["items"]
+        assert [(i["id"], i["start_path"]) for i in listed] == [("snapshot-boot", "adopted")]
