@@ -1,8 +1,9 @@
-"""The SQL layer every service uses: an async SQLAlchemy engine on SQLite (WAL, the default) or
-PostgreSQL, Alembic migrations run at start, and serialised writers on SQLite.
+"""The SQL layer every service uses: SQLAlchemy on SQLite (WAL, the default) or PostgreSQL, Alembic
+migrations run at start, and serialised writers on SQLite.
 
-On SQLite, sessions and `statements()` run inline on the event loop's thread (`servicekit.inline_sqlite`
-says why); the async engine is kept for migrations. PostgreSQL uses the async engine throughout.
+On SQLite, sessions, `statements()` and migrations run inline on the event loop's thread
+(`servicekit.inline_sqlite` says why), with no async engine at all. PostgreSQL uses an async engine
+(asyncpg) throughout.
 
 Each service subclasses `SqlDatabase` for its own `transaction()` (what a write must lock first and how
 a failed write is reported differs between them) and hands it its own migrations folder.
@@ -42,10 +43,11 @@ class Statements(Protocol):
 
 
 def normalise_url(url: str) -> str:
-    """Accept plain `sqlite:///` and `postgresql://` URLs and pick the async drivers."""
+    """Accept plain `sqlite:///` and `postgresql://` URLs and pick the drivers: SQLite's own module (used
+    inline, see `servicekit.inline_sqlite`), asyncpg for PostgreSQL."""
     parsed = make_url(url)
-    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
-        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    if parsed.drivername in ("sqlite", "sqlite+aiosqlite"):
+        parsed = parsed.set(drivername="sqlite+pysqlite")
     elif parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
         parsed = parsed.set(drivername="postgresql+asyncpg")
     return parsed.render_as_string(hide_password=False)
@@ -70,29 +72,33 @@ class SqlDatabase:
         self.url = normalise_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         self.migrations = migrations
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        self._inline: Engine | None = None
+        self._async: AsyncEngine | None = None
         if self.is_sqlite:
             path = make_url(self.url).database
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            kwargs = {"connect_args": {"timeout": 30}}
-        self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
-        if self.is_sqlite:
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-        self.sessions: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._inline: Engine | None = None
-        if self.is_sqlite:
-            self._inline = create_engine(make_url(self.url).set(drivername="sqlite+pysqlite"), **kwargs)
+            self._inline = create_engine(self.url, connect_args={"timeout": 30})
             event.listen(self._inline, "connect", _sqlite_pragmas)
             # Duck-typed: InlineSession offers the AsyncSession methods the services use.
             self.sessions = cast(
                 async_sessionmaker[AsyncSession],
                 InlineSessionMaker(sessionmaker(self._inline, expire_on_commit=False)),
             )
+        else:
+            self._async = create_async_engine(self.url, pool_pre_ping=True)
+            self.sessions = async_sessionmaker(self._async, expire_on_commit=False)
         self._write_lock = asyncio.Lock()
 
     async def migrate(self) -> None:
-        async with self.engine.begin() as connection:
+        """Bring the schema to the newest migration. On SQLite this runs inline, before the service takes
+        requests: a migration holds the only writer anyway."""
+        if self._inline is not None:
+            with self._inline.begin() as connection:
+                self._upgrade(connection)
+            return
+        assert self._async is not None
+        async with self._async.begin() as connection:
             await connection.run_sync(self._upgrade)
 
     def serialised(self) -> AbstractAsyncContextManager[Any]:
@@ -116,11 +122,13 @@ class SqlDatabase:
                 with self._inline.begin() as connection:
                     yield InlineConnection(connection)
             else:
-                async with self.engine.begin() as async_connection:
+                assert self._async is not None
+                async with self._async.begin() as async_connection:
                     yield async_connection
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        if self._async is not None:
+            await self._async.dispose()
         if self._inline is not None:
             self._inline.dispose()
 

@@ -35,7 +35,7 @@ def _add_service(service: str) -> Any:
     return add
 
 
-QUIET = ("uvicorn.access", "httpx", "httpcore", "aiosqlite", "asyncpg", "pyroute2")
+QUIET = ("uvicorn.access", "httpx", "httpcore", "asyncpg", "pyroute2")
 """Libraries whose INFO lines are per request or per statement: kept at WARNING."""
 
 

@@ -45,6 +45,7 @@ _UPDATE_OBJECT = (
 _DELETE_OBJECT = delete(ObjectRow).where(_KEY)
 _INSERT_CHANGE = insert(ChangeRow)
 _COUNTER = select(CounterRow.value).where(CounterRow.name == RV_COUNTER)
+_LOCK_COUNTER = _COUNTER.with_for_update()
 _BUMP = (
     update(CounterRow)
     .where(CounterRow.name == RV_COUNTER)
@@ -77,7 +78,7 @@ class GatewayDatabase(SqlDatabase):
         order."""
         async with self.statements(write=True) as session:
             if not self.is_sqlite:
-                await session.execute(select(CounterRow.value).where(CounterRow.name == RV_COUNTER).with_for_update())
+                await session.execute(_LOCK_COUNTER)
             yield session
         signal, self._changed = self._changed, asyncio.Event()
         signal.set()
@@ -103,7 +104,7 @@ class GatewayDatabase(SqlDatabase):
                 await session.execute(_INSERT_OBJECT, {**values, "created_at": now})
             else:
                 await session.execute(_UPDATE_OBJECT, {"k": kind, "n": name, "s": spec, "v": rv, "at": now})
-            await session.execute(_INSERT_CHANGE, {**_change(rv, kind, name, "put", now), "spec": spec})
+            await session.execute(_INSERT_CHANGE, _change(rv, kind, name, "put", now, spec))
             await self._compact(session, rv)
         created_at = now if current is None else current.created_at
         return _stored(_Stored(kind, name, spec, rv, created_at, now)), current is None
@@ -121,12 +122,10 @@ class GatewayDatabase(SqlDatabase):
                 for target in list(await session.scalars(_TARGETS_OF, {"prefix": f"{name}/"})):
                     rv = await self._bump(session)
                     await session.execute(_DELETE_OBJECT, {"k": "target", "n": target})
-                    await session.execute(
-                        _INSERT_CHANGE, {**_change(rv, "target", target, "delete", now), "spec": None}
-                    )
+                    await session.execute(_INSERT_CHANGE, _change(rv, "target", target, "delete", now, None))
             rv = await self._bump(session)
             await session.execute(_DELETE_OBJECT, {"k": kind, "n": name})
-            await session.execute(_INSERT_CHANGE, {**_change(rv, kind, name, "delete", now), "spec": None})
+            await session.execute(_INSERT_CHANGE, _change(rv, kind, name, "delete", now, None))
             return rv
 
     async def _check_references(self, session: Statements, kind: str, name: str, spec: dict[str, Any]) -> None:
@@ -229,8 +228,9 @@ def _stored(row: Any) -> StoredObject:
     }
 
 
-def _change(rv: int, kind: str, name: str, op: str, at: datetime) -> dict[str, Any]:
-    return {"resource_version": rv, "kind": kind, "name": name, "op": op, "at": at}
+def _change(rv: int, kind: str, name: str, op: str, at: datetime, spec: dict[str, Any] | None) -> dict[str, Any]:
+    """The parameters of one `gateway_changes` row."""
+    return {"resource_version": rv, "kind": kind, "name": name, "op": op, "at": at, "spec": spec}
 
 
 def _utc(moment: datetime) -> datetime:
