@@ -28,7 +28,7 @@ class ControlClient:
         self._report_now = asyncio.Event()
 
     async def close(self) -> None:
-        pass
+        self.wire.kept.close()
 
     async def follow(self, config: Config) -> None:
         """Apply the change stream forever, reconnecting (and resuming from the applied version) on errors."""
@@ -70,7 +70,7 @@ class ControlClient:
             self._report_now.clear()
             body = {"worker": self.worker_id, "pid": os.getpid(), "ready": self.synced.is_set(), **snapshot()}
             try:
-                await asyncio.wait_for(self.wire.post_json("/internal/report", body), 10)
+                await asyncio.wait_for(self.wire.kept.post_json("/internal/report", body), 10)
             except (OSError, WireError, TimeoutError) as exc:
                 log.debug("report failed", extra={"error": repr(exc)})
 
