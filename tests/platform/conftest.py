@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from morty.builder.base import BaseImage
+from rik.model import Phase
 from tests.morty.e2e.conftest import base
 from tests.rik.e2e.conftest import _bytecode_cache, _require_host, e2e_image, image
 
@@ -148,3 +149,17 @@ async def gateway_targets(platform: Platform, gateway: Any, deployed: Deployed) 
             targets = (await admin.get(f"/v1/services/{service['name']}/targets")).json()["items"]
             found += [t["address"] for t in targets]
     return sorted(set(found))
+
+
+async def assert_routed_to_running(platform: Platform, deployed: Deployed, within: float = 30) -> list[dict[str, Any]]:
+    """Until both gateway replicas route to exactly Morty's instances of the function (`wait_warm`); then
+    those must be exactly the function's running instances in RIK. Returns Morty's instances."""
+    instances = await wait_warm(platform, deployed, within=within)
+    async with platform.cluster.client() as client:
+        running = [
+            i
+            for i in (await client.list_instances()).items
+            if i.phase == Phase.RUNNING and i.workload.startswith(f"{deployed.name}-")
+        ]
+    assert sorted(i.id for i in running) == sorted(i["id"] for i in instances), (running, instances)
+    return instances
