@@ -127,12 +127,13 @@ async def wait_warm(platform: Platform, deployed: Deployed, within: float = 120)
             instances = (await api.get(f"/v1/functions/{deployed.name}/instances")).json()["items"]
             addresses = sorted(f"{i['host']}:{i['port']}" for i in instances)
             targets = [await gateway_targets(platform, g, deployed) for g in platform.gateways]
-            last = (addresses, targets)
+            last = {"morty": addresses, "gateway targets": targets}
             if len(addresses) == 2 and all(t == addresses for t in targets):
                 async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
                     answers = [await client.get(p) for p in deployed.paths]
                 if all(a.status_code == 200 for a in answers):
                     return list(instances)
+                last["answers"] = [f"{a.status_code} {a.text[:100]}" for a in answers]
             await asyncio.sleep(0.25)
     raise AssertionError(f"{deployed.name} not warm on both gateways within {within}s: {last}")
 
