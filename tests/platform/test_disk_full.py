@@ -27,6 +27,7 @@ from tests.support.images import manifest_digest, push_image
 from tests.support.registry import start_registry, stop_registry
 
 from ._platform import Platform, _tmpfs
+from ._record import record
 from .conftest import Deployed, archive, deploy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -99,7 +100,7 @@ def _pulled_digest(reference: str, into: Path) -> str:
 
 
 async def test_a_full_registry_is_a_clear_push_error_and_recovers(
-    tmp_path: Path, base: BaseImage, e2e_image: str
+    tmp_path: Path, base: BaseImage, e2e_image: str, full: bool
 ) -> None:
     with _tmpfs(tmp_path / "registry", REGISTRY_SIZE) as storage:
         registry = start_registry(storage)
@@ -121,3 +122,14 @@ async def test_a_full_registry_is_a_clear_push_error_and_recovers(
         finally:
             stop_registry(registry)
     print(f"registry full: push refused after {failed_after:.1f}s: {message}")
+    record(
+        "registry_full",
+        "The registry's storage full",
+        full=full,
+        figures={
+            "push refused after, s": round(failed_after, 2),
+            "the error": message.split(" (", 1)[0],
+            "earlier image pulled, digests verified": "yes",
+            "same push once space returned": "succeeded",
+        },
+    )
