@@ -128,7 +128,7 @@ async def test_a_full_registry_is_a_clear_push_error_and_recovers(
         full=full,
         figures={
             "push refused after, s": round(failed_after, 2),
-            "the error": message.split(" (", 1)[0],
+            "the error": message.partition("could not store the image: ")[2].split(" (", 1)[0],
             "earlier image pulled, digests verified": "yes",
             "same push once space returned": "succeeded",
         },
