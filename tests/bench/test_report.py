@@ -186,7 +186,9 @@ def test_the_fault_tests_figures_render_as_their_own_section(
     record("leader", "The leading controller killed", full=False, figures={"takeover s": 4.6})  # replaces
     out = tmp_path / "out"
     render(results, out, faults)
-    section = (out / "REPORT.md").read_text().split("## Fault tests\n", 1)[1]
+    report = (out / "REPORT.md").read_text()
+    assert "## Fault tests\n" in report, f"no fault tests section; the report ends: {report[-300:]}"
+    section = report.split("## Fault tests\n", 1)[1]
     assert "form of this record: full, quick." in section
     leader, soak = section.split("### The leading controller killed\n", 1)[1].split("### Soak\n")
     assert re.search(r"`leader`, quick form, \d{4}-\d\d-\d\d \d\d:\d\d UTC", leader)
