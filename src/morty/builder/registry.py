@@ -67,7 +67,7 @@ def _reason(error: dict[str, Any]) -> str:
         return f"no space left on its storage ({os.strerror(code)}: {where})"
     if isinstance(code, int):
         return f"its storage failed ({os.strerror(code)}: {where})"
-    return str(error.get("message") or error.get("code") or error)
+    return str(error.get("message") or error.get("code") or "an error it did not name")
 
 
 async def delete_image(image: str, digest: str, *, tls_verify: bool = False) -> None:
