@@ -2,6 +2,9 @@
 
 The results directory holds `machine.json` and one `<bench>.json` per benchmark run by `bench.report`:
 `{"bench", "argv", "elapsed_s", "returncode", "figures": {...} | null, "error": str | null}`.
+
+The fault tests' figures (tests/platform run with PLATFORM_RECORD=1; the format is in tests/platform/_record.py)
+become the report's "Fault tests" section when their file is given.
 """
 
 from __future__ import annotations
@@ -62,8 +65,9 @@ def _number(value: float) -> str:
     return f"{value:.3g}"
 
 
-def render(results: Path, out: Path) -> list[Figure]:
-    """Write `out/REPORT.md` and `out/<figure>.png`; the figures drawn."""
+def render(results: Path, out: Path, faults: Path | None = None) -> list[Figure]:
+    """Write `out/REPORT.md` and `out/<figure>.png` (and the fault tests' section if `faults` is a file of
+    their figures); the figures drawn."""
     machine, runs = load(results)
     out.mkdir(parents=True, exist_ok=True)
     figures: list[Figure] = []
@@ -84,6 +88,8 @@ def render(results: Path, out: Path) -> list[Figure]:
     if failed:
         text += "\n## Not measured in this run\n\n" + "\n".join(failed) + "\n"
     text += "\n" + "\n".join(sections)
+    if faults is not None and faults.is_file():
+        text += _faults(json.loads(faults.read_text()))
     (out / "REPORT.md").write_text(text)
     return figures
 
@@ -144,3 +150,43 @@ def _section(name: str, run: dict[str, Any], figures: list[Figure]) -> str:
         parts += [f"| {label} | {value} |" for label, value in rows]
         parts.append("")
     return "\n".join(parts) + "\n"
+
+
+FAULTS_COMMAND = "PLATFORM_RECORD=1 uv run pytest tests/platform"
+
+
+def _faults(recorded: dict[str, Any]) -> str:
+    """The fault tests' section: per test, its form (quick or full), date and figures."""
+    tests: dict[str, dict[str, Any]] = recorded.get("tests", {})
+    forms = sorted({test["form"] for test in tests.values()})
+    parts = [
+        "## Fault tests\n",
+        f"Recorded by `{FAULTS_COMMAND}` (`--full` for the full form) as root, on the multi-host platform "
+        f"(network namespaces as hosts); form of this record: {', '.join(forms) or 'none'}. Each test passed.\n",
+    ]
+    for key, test in tests.items():
+        parts.append(f"### {test.get('title', key)}\n")
+        parts.append(f"`{key}`, {test['form']} form, {test['date']} UTC\n")
+        figures: dict[str, Any] = test["figures"]
+        scalars = [(label, value) for label, value in figures.items() if not isinstance(value, list)]
+        if scalars:
+            parts.append(
+                "| figure | value |\n|---|---|\n" + "\n".join(f"| {k} | {_cell(v)} |" for k, v in scalars) + "\n"
+            )
+        for label, rows in figures.items():
+            if isinstance(rows, list) and rows:
+                parts.append(f"{label}:\n\n" + _table(rows))
+    return "\n" + "\n".join(parts)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(column, "")) for column in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return _number(value)
+    return str(value)

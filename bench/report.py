@@ -4,6 +4,9 @@
     uv run python -m bench.report --quick    # fewer rounds (about ten minutes)
     uv run python -m bench.report --render-only   # redraw from docs/benchmarks/results/
 
+The fault tests' figures (`PLATFORM_RECORD=1 uv run pytest tests/platform [--full]` writes them to
+docs/benchmarks/faults.json) are rendered as the report's last section.
+
 Each benchmark runs as its own process (`python -m bench.<name> ...`) with `$BENCH_RESULT` naming the
 file its figures go to; a benchmark that fails is listed in the report as not measured, and the others
 still run. A failing benchmark is run again (`--attempts`, 2 in all by default) and the report says why an
@@ -112,6 +115,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHES), help="run these; keep the others' results")
     parser.add_argument("--attempts", type=int, default=2, help="runs of a failing benchmark, in all")
     parser.add_argument("--render-only", action="store_true", help="redraw the report from the stored results")
+    parser.add_argument(
+        "--faults", type=Path, help="the fault tests' recorded figures (default: faults.json in --out, if there)"
+    )
     args = parser.parse_args()
     results = args.out / "results"
     if not args.render_only:
@@ -144,7 +150,7 @@ def main() -> None:
             machine.setdefault("reruns", []).append({"benches": sorted(args.only), **rerun})
         stored.write_text(json.dumps(machine, indent=2) + "\n")
         print(f"bench.report: logs in {logs}", file=sys.stderr)
-    figures = render(results, args.out)
+    figures = render(results, args.out, args.faults or args.out / "faults.json")
     print(f"bench.report: {args.out / 'REPORT.md'}: {len(figures)} figures")
 
 

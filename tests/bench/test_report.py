@@ -14,6 +14,8 @@ from bench._render import render
 from bench.report import last_error
 from PIL import Image
 
+from tests.platform._record import FILE_ENV, RECORD_ENV, record, share
+
 RECORDED = Path(__file__).parent / "results"
 FIGURE_IDS = {
     "gateway_throughput",
@@ -170,3 +172,41 @@ def test_an_earlier_failed_attempt_is_stated_with_its_exception(results: Path, t
     drawn = render(results, tmp_path)
     assert {"cold_start_morty", "build_times"} <= {figure.id for figure in drawn}
     assert f"Attempt 1 failed (the figures are from a later one): {error}" in (tmp_path / "REPORT.md").read_text()
+
+
+def test_the_fault_tests_figures_render_as_their_own_section(
+    results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    faults = tmp_path / "faults.json"
+    monkeypatch.setenv(RECORD_ENV, "1")
+    monkeypatch.setenv(FILE_ENV, str(faults))
+    record("leader", "The leading controller killed", full=False, figures={"takeover s": 4.53})
+    windows = [{"window (s)": "0-10", "p50 ms": 3.2, "p99 ms": 8.75}, {"window (s)": "10-20", "p50 ms": 3.1}]
+    record("soak", "Soak", full=True, figures={"warm 200": share(1999, 2000), "windows": windows})
+    record("leader", "The leading controller killed", full=False, figures={"takeover s": 4.6})  # replaces
+    out = tmp_path / "out"
+    render(results, out, faults)
+    report = (out / "REPORT.md").read_text()
+    assert "## Fault tests\n" in report, f"no fault tests section; the report ends: {report[-300:]}"
+    section = report.split("## Fault tests\n", 1)[1]
+    assert "form of this record: full, quick." in section
+    leader, soak = section.split("### The leading controller killed\n", 1)[1].split("### Soak\n")
+    assert re.search(r"`leader`, quick form, \d{4}-\d\d-\d\d \d\d:\d\d UTC", leader)
+    assert "| takeover s | 4.6 |" in leader and "4.53" not in leader
+    assert "`soak`, full form" in soak and "| warm 200 | 99.95 % (1999/2000) |" in soak
+    assert "| window (s) | p50 ms | p99 ms |\n|---|---|---|\n| 0-10 | 3.2 | 8.75 |\n| 10-20 | 3.1 |  |" in soak
+
+
+def test_nothing_is_recorded_unless_asked_and_a_bad_setting_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    faults = tmp_path / "faults.json"
+    monkeypatch.setenv(FILE_ENV, str(faults))
+    monkeypatch.delenv(RECORD_ENV, raising=False)
+    record("leader", "The leading controller killed", full=False, figures={"takeover s": 4.5})
+    assert not faults.exists()
+    monkeypatch.setenv(RECORD_ENV, "yes")
+    with pytest.raises(ValueError, match="PLATFORM_RECORD must be 1"):
+        record("leader", "The leading controller killed", full=False, figures={"takeover s": 4.5})
+    render(RECORDED, tmp_path / "out", faults)
+    assert "## Fault tests" not in (tmp_path / "out" / "REPORT.md").read_text()

@@ -48,6 +48,9 @@ HEARTBEAT = 0.5
 CONTROLLER_PORT, RIKLET_PORT, MORTY_PORT, GATEWAY_PORT, GATEWAY_ADMIN_PORT = 7700, 7701, 7800, 8080, 8081
 STARTUP = 90.0
 """Seconds a service may take to answer its health check: the machine is shared, and Python starts slowly."""
+VM_DISK_CACHE_MIB = 10
+"""The riklets' VM root disk cache cap: one disk of the e2e busybox image (~7 MiB) fits, two do not, so the
+leak check's VM cycles (a new disk each) exercise its eviction. No other test here runs VMs."""
 DATA_DIR_SIZE = "768m"
 """Room for a build (it copies the runtime's base layout, ~250 MB, when the cache is on another file system)."""
 
@@ -157,7 +160,8 @@ class MultiHostCluster(Cluster):
 
     def add_worker(self, name: str, memory: int = 2048) -> Riklet:
         host = self.add_bridged_host(f"riklet {name}")
-        return self.start_riklet(name, netns=host, heartbeat=HEARTBEAT, memory=memory)
+        options = ["--vm-disk-cache", str(VM_DISK_CACHE_MIB)]
+        return self.start_riklet(name, netns=host, heartbeat=HEARTBEAT, memory=memory, options=options)
 
     def veth_of(self, riklet: Riklet) -> str:
         assert riklet.netns is not None

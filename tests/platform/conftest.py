@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from morty.builder.base import BaseImage
+from rik.model import Phase
 from tests.morty.e2e.conftest import base
 from tests.rik.e2e.conftest import _bytecode_cache, _require_host, e2e_image, image
 
@@ -126,12 +127,13 @@ async def wait_warm(platform: Platform, deployed: Deployed, within: float = 120)
             instances = (await api.get(f"/v1/functions/{deployed.name}/instances")).json()["items"]
             addresses = sorted(f"{i['host']}:{i['port']}" for i in instances)
             targets = [await gateway_targets(platform, g, deployed) for g in platform.gateways]
-            last = (addresses, targets)
+            last = {"morty": addresses, "gateway targets": targets}
             if len(addresses) == 2 and all(t == addresses for t in targets):
                 async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
                     answers = [await client.get(p) for p in deployed.paths]
                 if all(a.status_code == 200 for a in answers):
                     return list(instances)
+                last["answers"] = [f"{a.status_code} {a.text[:100]}" for a in answers]
             await asyncio.sleep(0.25)
     raise AssertionError(f"{deployed.name} not warm on both gateways within {within}s: {last}")
 
@@ -148,3 +150,17 @@ async def gateway_targets(platform: Platform, gateway: Any, deployed: Deployed) 
             targets = (await admin.get(f"/v1/services/{service['name']}/targets")).json()["items"]
             found += [t["address"] for t in targets]
     return sorted(set(found))
+
+
+async def assert_routed_to_running(platform: Platform, deployed: Deployed, within: float = 30) -> list[dict[str, Any]]:
+    """Until both gateway replicas route to exactly Morty's instances of the function (`wait_warm`); then
+    those must be exactly the function's running instances in RIK. Returns Morty's instances."""
+    instances = await wait_warm(platform, deployed, within=within)
+    async with platform.cluster.client() as client:
+        running = [
+            i
+            for i in (await client.list_instances()).items
+            if i.phase == Phase.RUNNING and i.workload.startswith(f"{deployed.name}-")
+        ]
+    assert sorted(i.id for i in running) == sorted(i["id"] for i in instances), (running, instances)
+    return instances

@@ -1,8 +1,12 @@
-"""Instance cycles (provision through Morty, invoke through a gateway replica, delete) of a third instance of
-the warm function (on the node that runs neither of its two others) leave nothing behind
-on the hosts: no container, network namespace, veth, mount, cgroup, iptables rule or QEMU process beyond what
-ran before them; and every service's open file descriptors and resident memory stay flat after warm-up.
-Quick form: 20 cycles; `--full`: 1,000."""
+"""Instance cycles leave nothing behind on the hosts: no container, network namespace, veth, tap, mount,
+cgroup, iptables rule or QEMU process beyond what ran before them, and no cached VM root disk beyond the
+riklets' cache cap; every service's open file descriptors and resident memory stay flat after warm-up.
+
+Container cycles provision a third instance of the warm function through Morty (on the node that runs neither
+of its two others), invoke it through a gateway replica and delete it. VM cycles, fewer (QEMU runs under TCG
+here, each boot seconds of CPU), go through RIK's API: a VM workload of the e2e busybox image, each with
+another disk size so each builds a new cached root disk and the cache (capped at `VM_DISK_CACHE_MIB`, one
+disk's worth) must evict. Quick form: 20 container and 2 VM cycles; `--full`: 1,000 and 100."""
 
 from __future__ import annotations
 
@@ -13,15 +17,26 @@ from typing import Any
 import httpx
 import pytest
 
+from rik.model import Phase
 from tests.rik.e2e._cluster import cgroup_dirs, netns_names, qemu_processes, sh
+from tests.rik.e2e.conftest import INDEX_HTML
 
-from ._platform import Platform
+from ._platform import VM_DISK_CACHE_MIB, Platform
+from ._record import record
 from .conftest import Deployed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3600)]
 WARM_UP = 3
 FD_SLACK = 5
 RSS_SLACK_KIB = 8 * 1024
+VM_BOOT_TIMEOUT = 120.0
+"""A TCG boot takes ~5 s alone, longer on a shared machine."""
+MIB = 1024 * 1024
+VM_DISK_MIB = 96
+"""The first VM cycle's disk size (the e2e image needs ≥ 68 MiB); each cycle's is one MiB more."""
+VM_MEMORY_MIB = 2048 - 128 + 1
+"""More than a node running one of the function's instances (128 MiB of its 2,048) has left: every VM goes to
+the node without one, so its one disk cache sees every cycle's disk."""
 
 
 def _host_state(platform: Platform) -> dict[str, Any]:
@@ -96,19 +111,66 @@ async def _settled(platform: Platform, deployed: Deployed) -> None:
     raise AssertionError(f"instances of {deployed.name}: {mine}")
 
 
-async def test_instance_cycles_leak_nothing(platform: Platform, deployed: Deployed, full: bool) -> None:
-    cycles = 1000 if full else 20
+async def _vm_cycle(platform: Platform, image: str, client: httpx.AsyncClient, n: int) -> None:
+    """A VM workload booted, asked for its page and deleted through RIK; its disk size (a cache key) is n's."""
+    cluster, name = platform.cluster, f"leak-vm-{n}"
+    manifest = {
+        "apiVersion": "rik/v1",
+        "kind": "VM",
+        "metadata": {"name": name},
+        "spec": {
+            "image": image, "ports": [{"port": 8080}], "resources": {"cpu": 100, "memory": VM_MEMORY_MIB},
+            "vm": {"disk_size": VM_DISK_MIB + n},
+        },
+    }  # fmt: skip
+    async with cluster.client() as rik:
+        await rik.create_workload(manifest)
+        try:
+            [instance] = [
+                i
+                for i in await cluster.wait_instances(
+                    lambda items: any(i.workload == name and i.phase in (Phase.RUNNING, Phase.FAILED) for i in items),
+                    f"{name} to run",
+                    timeout=VM_BOOT_TIMEOUT,
+                )
+                if i.workload == name
+            ]
+            assert instance.phase == Phase.RUNNING and instance.ports and instance.ports[0].host_port, instance
+            answer = await client.get(f"http://{instance.host_address}:{instance.ports[0].host_port}/")
+            assert answer.status_code == 200 and answer.text == INDEX_HTML, answer.text
+        finally:
+            await rik.delete_workload(name)
+    await cluster.wait_instances(lambda items: all(i.workload != name for i in items), f"{name} gone", timeout=60)
+
+
+def _disk_cache(platform: Platform) -> dict[str, list[int]]:
+    """Bytes of each cached VM root disk, by riklet."""
+    return {
+        riklet.name: [p.stat().st_blocks * 512 for p in (riklet.vm_dir / "disks").glob("*.ext4")]
+        for riklet in platform.cluster.riklets.values()
+    }
+
+
+async def _cycles(platform: Platform, deployed: Deployed, image: str, containers: int, vms: int) -> None:
     async with platform.api() as api, httpx.AsyncClient(timeout=30, trust_env=False) as client:
+        for n in range(containers):
+            await _cycle(api, client, deployed, n)
+        for n in range(vms):
+            await _vm_cycle(platform, image, client, n)
+    await _settled(platform, deployed)
+
+
+async def test_instance_cycles_leak_nothing(platform: Platform, deployed: Deployed, image: str, full: bool) -> None:
+    cycles, vm_cycles = (1000, 100) if full else (20, 2)
+    vm_image = image.replace(platform.cluster.registry, platform.registry, 1)
+    async with platform.api() as api:
         patched = await api.patch(f"/v1/functions/{deployed.name}", json={"max_instances": 3})
         assert patched.status_code == 200, patched.text
         try:
-            for n in range(WARM_UP):
-                await _cycle(api, client, deployed, n)
-            await _settled(platform, deployed)
+            # The VM warm-up cycle's disk size is the first measured cycle's: it builds no disk of its own.
+            await _cycles(platform, deployed, vm_image, WARM_UP, 1)
             host_before, usage_before = _host_state(platform), _usage(platform)
-            for n in range(cycles):
-                await _cycle(api, client, deployed, n)
-            await _settled(platform, deployed)
+            await _cycles(platform, deployed, vm_image, cycles, vm_cycles)
             host_after, usage_after = _host_state(platform), _usage(platform)
         finally:
             await api.patch(f"/v1/functions/{deployed.name}", json={"max_instances": 2})
@@ -121,3 +183,30 @@ async def test_instance_cycles_leak_nothing(platform: Platform, deployed: Deploy
         fds_after, rss_after = usage_after[name]
         assert fds_after <= fds + FD_SLACK, f"{name}: {fds} → {fds_after} open file descriptors"
         assert rss_after <= rss + RSS_SLACK_KIB, f"{name}: VmRSS {rss} → {rss_after} KiB"
+    disks = _disk_cache(platform)
+    print(f"cached VM root disks (bytes) after {vm_cycles} VM cycles, cap {VM_DISK_CACHE_MIB} MiB: {disks}")
+    over = {name: sizes for name, sizes in disks.items() if sum(sizes) > VM_DISK_CACHE_MIB * MIB}
+    assert not over, f"VM disk cache beyond its cap of {VM_DISK_CACHE_MIB} MiB: {over}"
+    kept = sum(len(sizes) for sizes in disks.values())
+    assert kept < vm_cycles, f"{vm_cycles} disks built, {kept} kept: the cache evicted none"
+    record(
+        "leaks",
+        "Instance create/invoke/delete cycles leave nothing",
+        full=full,
+        figures={
+            "container cycles (Morty, gateway)": cycles,
+            "VM cycles (RIK, a new cached disk each)": vm_cycles,
+            "VM root disks kept / cache cap": f"{kept} ({sum(map(sum, disks.values())) / MIB:.1f} MiB) / "
+            f"{VM_DISK_CACHE_MIB} MiB",
+            "services' fds and RSS": [
+                {
+                    "service": name,
+                    "fds before": fds,
+                    "fds after": usage_after[name][0],
+                    "RSS KiB before": rss,
+                    "RSS KiB after": usage_after[name][1],
+                }
+                for name, (fds, rss) in usage_before.items()
+            ],  # fmt: skip
+        },
+    )

@@ -16,6 +16,7 @@ from tests.rik.e2e._cluster import Riklet, sh
 
 from ._load import Load, summary
 from ._platform import NODE_TIMEOUT, Platform
+from ._record import record, share
 from .conftest import Deployed, gateway_targets, wait_warm
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -26,7 +27,7 @@ def _address(instance: Instance) -> str:
     return f"{instance.host_address}:{instance.ports[0].host_port}"
 
 
-async def _lose_a_node(platform: Platform, deployed: Deployed, how: str) -> None:
+async def _lose_a_node(platform: Platform, deployed: Deployed, how: str, full: bool) -> None:
     cluster = platform.cluster
     await wait_warm(platform, deployed)
     async with cluster.client() as client:
@@ -76,6 +77,12 @@ async def _lose_a_node(platform: Platform, deployed: Deployed, how: str) -> None
     # A request in flight on a connection to the cut-off host can only time out (the gateway answers 504).
     assert {o.status for o in outcomes} <= {200, 502, 503} | ({504} if how == "partition" else set()), summary(outcomes)
     assert sum(o.status == 200 for o in outcomes) >= 0.9 * len(outcomes), summary(outcomes)
+    figures = {
+        "lost → its instance running elsewhere, s": round(running_again - lost, 2),
+        "running → both gateways route to it, s": round(retargeted, 2),
+        "requests meanwhile": summary(outcomes),
+        "200 meanwhile": share(sum(o.status == 200 for o in outcomes), len(outcomes)),
+    }
 
     # Back: the node is Ready again and runs no copy of the instance that moved.
     await cluster.wait_nodes(
@@ -88,13 +95,17 @@ async def _lose_a_node(platform: Platform, deployed: Deployed, how: str) -> None
     copies = [r.name for r in cluster.riklets.values() for c in await cluster.containers(r) if c["id"] == instance.id]
     assert copies == [instance.node], f"copies of {instance.id}: {copies}"
     await wait_warm(platform, deployed, within=30)
+    title = {"kill": "A riklet killed under load", "partition": "A riklet cut off (its link down) under load"}[how]
+    record(f"node_loss_{how}", title, full=full, figures=figures)
 
 
-async def test_a_killed_riklets_instance_moves_and_the_gateways_follow(platform: Platform, deployed: Deployed) -> None:
-    await _lose_a_node(platform, deployed, "kill")
+async def test_a_killed_riklets_instance_moves_and_the_gateways_follow(
+    platform: Platform, deployed: Deployed, full: bool
+) -> None:
+    await _lose_a_node(platform, deployed, "kill", full)
 
 
 async def test_a_partitioned_riklets_instance_moves_and_it_runs_no_duplicate_when_healed(
-    platform: Platform, deployed: Deployed
+    platform: Platform, deployed: Deployed, full: bool
 ) -> None:
-    await _lose_a_node(platform, deployed, "partition")
+    await _lose_a_node(platform, deployed, "partition", full)

@@ -22,6 +22,7 @@ import pytest
 
 from ._load import Load, Outcome, summary
 from ._platform import Platform, Service
+from ._record import record, share
 from .conftest import Deployed, deploy
 from .test_leaks import FD_SLACK, _usage
 
@@ -87,19 +88,28 @@ def _percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-def _windows(outcomes: list[Outcome], start: float, width: float) -> list[str]:
-    rows = ["| window (s) | requests | not 200 | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|---|---|"]
+def _windows(outcomes: list[Outcome], start: float, width: float) -> list[dict[str, str | int]]:
+    """Per time window of `width` seconds: requests, those not answered 200, and latency percentiles."""
     buckets: dict[int, list[Outcome]] = {}
     for outcome in outcomes:
         buckets.setdefault(int((outcome.at - start) // width), []).append(outcome)
+    rows: list[dict[str, str | int]] = []
     for index in sorted(buckets):
         bucket = buckets[index]
         ms = sorted(o.seconds * 1000 for o in bucket)
-        failed = sum(1 for o in bucket if o.status != 200)
-        p50, p95, p99 = (_percentile(ms, q) for q in (50, 95, 99))
-        window = f"{index * width:.0f}-{(index + 1) * width:.0f}"
-        rows.append(f"| {window} | {len(bucket)} | {failed} | {p50:.1f} | {p95:.1f} | {p99:.1f} |")
+        row: dict[str, str | int] = {
+            "window (s)": f"{index * width:.0f}-{(index + 1) * width:.0f}",
+            "requests": len(bucket),
+            "not 200": sum(1 for o in bucket if o.status != 200),
+        }
+        rows.append(row | {f"p{q} ms": f"{_percentile(ms, q):.1f}" for q in (50, 95, 99)})
     return rows
+
+
+def _table(rows: list[dict[str, str | int]]) -> list[str]:
+    return ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])] + [
+        "| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows
+    ]
 
 
 async def test_mixed_load_soak(platform: Platform, deployed: Deployed, full: bool, tmp_path: Path) -> None:
@@ -113,12 +123,13 @@ async def test_mixed_load_soak(platform: Platform, deployed: Deployed, full: boo
     outcomes = load.wait()
 
     warm_ok = sum(1 for o in outcomes if o.status == 200)
+    windows = _windows(outcomes, started, 60.0 if full else 10.0)
     lines = [
         f"# Soak: {duration:.0f} s of mixed load",
         "",
         f"Warm invocations through both gateways at {WARM_RATE:.0f}/s: {summary(outcomes)}",
         "",
-        *_windows(outcomes, started, 60.0 if full else 10.0),
+        *_table(windows),
         "",
         "| cycle | deploy s | cold start ms | cold status | delete → route gone s |",
         "|---|---|---|---|---|",
@@ -139,3 +150,15 @@ async def test_mixed_load_soak(platform: Platform, deployed: Deployed, full: boo
         if fds_after[name] > fds_before[name] + FD_SLACK
     }
     assert not grown, f"open file descriptors grew during the soak: {grown}"
+    record(
+        "soak",
+        f"Soak: {duration:.0f} s of mixed load",
+        full=full,
+        figures={
+            f"warm invocations through both gateways at {WARM_RATE:.0f}/s, 200": share(warm_ok, len(outcomes)),
+            "deploy / cold start / delete cycles": len(cycles),
+            "deploy s (median)": round(statistics.median(c.deploy_s for c in cycles), 1),
+            "cold start ms (median)": round(statistics.median(c.cold_ms for c in cycles)),
+            "warm latency per window": windows,
+        },
+    )

@@ -27,6 +27,7 @@ import morty.runtimes.node
 import morty.runtimes.python
 from morty.builder._layers import CREATED, write_layer
 from morty.builder._tools import LogSink, run
+from morty.builder.registry import push
 
 DEFAULT_CACHE = Path("/var/cache/morty/base")
 MIRROR = "http://deb.debian.org/debian"
@@ -246,7 +247,7 @@ async def push_base_image(image: BaseImage, registry: str, log: LogSink, *, tls_
     reference = image.repository(registry)
     argv = ["skopeo", "copy", "--quiet", f"--dest-tls-verify={str(tls_verify).lower()}", image.oci_ref]
     for target in (reference, f"{reference.rsplit(':', 1)[0]}:latest"):
-        await run([*argv, f"docker://{target}"], log, what="skopeo copy (base image)", timeout=600)
+        await push([*argv, f"docker://{target}"], target, log, what="skopeo copy (base image)", tls_verify=tls_verify)
     return reference
 
 

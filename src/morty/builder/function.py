@@ -15,6 +15,7 @@ from pathlib import Path
 from morty.builder._layers import CREATED, write_layer
 from morty.builder._tools import BuildError, LogSink, run
 from morty.builder.base import TAG, BaseImage
+from morty.builder.registry import push
 from morty.builder.sandbox import NOBODY, Mount, Sandbox, SandboxLimits
 from morty.storage.archives import ArchiveError, ArchiveLimits, extract_archive
 
@@ -170,7 +171,7 @@ class FunctionBuild:
         await self.log(f"push: {reference}\n")
         argv = ["skopeo", "copy", "--quiet", f"--dest-tls-verify={str(self.tls_verify).lower()}"]
         argv += ["--digestfile", str(digest_file), f"oci:{ref}", f"docker://{reference}"]
-        await run(argv, self.log, what="skopeo copy (function image)", timeout=600)
+        await push(argv, reference, self.log, what="skopeo copy (function image)", tls_verify=self.tls_verify)
         digest = digest_file.read_text().strip()
         await self.log(f"pushed: {reference}@{digest}\n")
         return FunctionImage(reference=reference, digest=digest, handler=handler)

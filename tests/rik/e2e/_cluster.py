@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -478,9 +478,10 @@ class Cluster:
         cpu: int = 2000,
         memory: int = 2048,
         heartbeat: float = 1.0,
+        options: Sequence[str] = (),
     ) -> Riklet:
         """Start riklet `name` (again, with the same data directory, bridge and subnet if it ran before)
-        and wait until it has registered and reconciled its instances."""
+        and wait until it has registered and reconciled its instances. `options`: more riklet arguments."""
         riklet = self.riklets.get(name)
         if riklet is None:
             index = len(self.riklets) + 1
@@ -515,6 +516,7 @@ class Cluster:
                 "--heartbeat-interval", str(heartbeat),
                 "--guest-dir", str(GUEST_DIR),
                 *itertools.chain.from_iterable(("--insecure-registry", r) for r in self.insecure_registries),
+                *options,
             ]  # fmt: skip
         riklet.proc.start(riklet.argv)
         self._wait_http(
