@@ -27,6 +27,9 @@ from ._platform import GATEWAY_PORT, Platform, multi_host_platform
 
 __all__ = ["_bytecode_cache", "base", "e2e_image", "image"]
 FUNCTION = "echo"
+# pytest-timeout of the leak check and the soak. Their full forms (PLATFORM_FULL=1; `--full` is read too late
+# for a marker) run 1,000 cycles with VMs booting under TCG, or 30 minutes of load: far beyond the quick form's.
+LONG_TIMEOUT_S = 4 * 3600 if os.environ.get("PLATFORM_FULL") == "1" else 3600
 HANDLER = """\
 import os
 

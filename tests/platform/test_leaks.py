@@ -23,9 +23,9 @@ from tests.rik.e2e.conftest import INDEX_HTML
 
 from ._platform import VM_DISK_CACHE_MIB, Platform
 from ._record import record
-from .conftest import Deployed
+from .conftest import LONG_TIMEOUT_S, Deployed
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(LONG_TIMEOUT_S)]
 WARM_UP = 3
 FD_SLACK = 5
 RSS_SLACK_KIB = 8 * 1024

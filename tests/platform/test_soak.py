@@ -23,10 +23,10 @@ import pytest
 from ._load import Load, Outcome, summary
 from ._platform import Platform, Service
 from ._record import record, share
-from .conftest import Deployed, deploy
+from .conftest import LONG_TIMEOUT_S, Deployed, deploy
 from .test_leaks import FD_SLACK, _usage
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(LONG_TIMEOUT_S)]
 WARM_RATE = 10.0
 COLD_TIMEOUT = 180.0
 
