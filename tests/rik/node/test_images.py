@@ -4,12 +4,15 @@ the size limit: least recently used eviction of images nothing uses."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from prometheus_client import REGISTRY
 
 from rik.diskusage import tree_bytes
 from rik.drivers.base import DriverError, InstanceRequest
@@ -293,3 +296,36 @@ async def test_a_container_keeps_its_image_from_pull_to_destroy(node: Node, vari
     await node.driver.destroy(handle)
     node.handles.remove(handle)
     assert (await node.images.trim()).evicted == [digest]
+
+
+@pytest.mark.e2e
+async def test_the_riklet_trims_in_its_own_task_when_asked_and_exports_metrics(
+    tmp_path: Path, variants: dict[str, str]
+) -> None:
+    store = ImageStore(tmp_path / "store", limit_bytes=0)
+    settings = RikletSettings(
+        name="n", address="127.0.0.1", riklet_url="", data_dir=tmp_path / "riklet", cpu=1, memory=1
+    )
+    agent = Agent(settings, cast(Any, None), cast(Any, None), store)
+    evictions = REGISTRY.get_sample_value("riklet_image_evictions_total") or 0.0
+    async with store.lease(variants["a"]) as image:
+        loop = asyncio.create_task(agent._image_trim_loop(store))
+        # The first trim spares the leased image; ending the lease asks for another, which evicts it.
+        await _until(lambda: REGISTRY.get_sample_value("riklet_image_store_bytes") == _on_disk(store))
+        assert store.cached_digests() == {image.digest}
+    try:
+        await _until(lambda: store.cached_digests() == set())
+        await _until(lambda: REGISTRY.get_sample_value("riklet_image_evictions_total") == evictions + 1)
+        await _until(lambda: REGISTRY.get_sample_value("riklet_image_store_bytes") == _on_disk(store))
+        assert REGISTRY.get_sample_value("riklet_image_store_limit_bytes") == 0
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Wait for `condition` (checked after each turn of the event loop), failing after `seconds`."""
+    async with asyncio.timeout(seconds):
+        while not condition():
+            await asyncio.sleep(0.01)
