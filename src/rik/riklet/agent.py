@@ -18,7 +18,9 @@ from typing import Any, TypeVar
 from prometheus_client import Counter, Gauge
 
 from rik.client import ApiError, RikClient, Unreachable, WatchExpired
+from rik.diskusage import tree_bytes
 from rik.drivers.base import Driver, DriverError, Handle
+from rik.images import ImageStore
 from rik.model import (
     DesiredState,
     EventType,
@@ -43,6 +45,9 @@ T = TypeVar("T")
 RUNNERS = Gauge("riklet_instances", "Instances this riklet manages")
 REPORTS = Counter("riklet_status_reports_total", "Status reports sent to the controller", ["phase"])
 EXITS = Counter("riklet_instance_exits_total", "Instances whose process ended on its own")
+IMAGE_BYTES = Gauge("riklet_image_store_bytes", "Bytes the pulled and unpacked OCI images take")
+IMAGE_LIMIT = Gauge("riklet_image_store_limit_bytes", "The image store's size limit (0: none)")
+IMAGE_EVICTIONS = Counter("riklet_image_evictions_total", "Images evicted from the image store to fit its limit")
 
 #: Builds the drivers once the node knows its instance subnet.
 DriverFactory = Callable[[IPv4Network], Awaitable[Mapping[str, Driver]]]
@@ -63,10 +68,18 @@ class RikletSettings:
     heartbeat_interval: float = 2.0
     monitor_interval: float = 1.0
     grace_seconds: float = 5.0
+    image_trim_interval: float = 300.0
+    """Seconds between two trims of the image store when nothing asked for one."""
 
 
 class Agent:
-    def __init__(self, settings: RikletSettings, client: RikClient, build_drivers: DriverFactory) -> None:
+    def __init__(
+        self,
+        settings: RikletSettings,
+        client: RikClient,
+        build_drivers: DriverFactory,
+        images: ImageStore | None = None,
+    ) -> None:
         self.settings = settings
         self.client = client
         self.build_drivers = build_drivers
@@ -79,6 +92,9 @@ class Agent:
         self.node: Node | None = None
         self.ready = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
+        self.images = images
+        if images is not None:
+            images.add_pins(self._recorded_images)
 
     # Start-up -----------------------------------------------------------------------------------------
 
@@ -104,6 +120,8 @@ class Agent:
             group.create_task(self._heartbeat_loop(), name="heartbeat")
             group.create_task(self._watch_loop(since), name="watch")
             group.create_task(self._monitor_loop(), name="monitor")
+            if self.images is not None:
+                group.create_task(self._image_trim_loop(self.images), name="image-trim")
 
     async def _register(self, runtimes: list[str]) -> Node:
         registration = NodeRegistration(
@@ -217,7 +235,7 @@ class Agent:
                     node=self.settings.name, phase=SnapshotPhase.FAILED, reason=exc.reason, message=exc.message
                 )
             else:
-                size = await asyncio.to_thread(_tree_size, directory)
+                size = await asyncio.to_thread(tree_bytes, directory)
                 took = time.monotonic() - started
                 log.info("snapshot taken", extra={"snapshot": name, "bytes": size, "seconds": round(took, 3)})
                 report = SnapshotStatusReport(
@@ -320,6 +338,8 @@ class Agent:
         if self.runners.get(instance_id) is runner:
             del self.runners[instance_id]
         RUNNERS.set(len(self.runners))
+        if self.images is not None:
+            self.images.request_trim()  # the removed instance's image may be unused now
 
     async def _watch_loop(self, since: int) -> None:
         while True:
@@ -380,6 +400,33 @@ class Agent:
                 log.info("instance exited", extra={"instance": runner.id, "exit_code": code})
                 runner.exited(phase, reason, detail)
 
+    # Image store ---------------------------------------------------------------------------------------
+
+    async def _image_trim_loop(self, images: ImageStore) -> None:
+        """Trim the image store once now, then whenever a pull ends or an instance is removed (and every
+        `image_trim_interval` seconds), in this task: a start never waits for a trim."""
+        IMAGE_LIMIT.set(images.limit_bytes or 0)
+        while True:
+            try:
+                result = await images.trim()
+            except Exception:
+                log.exception("image store trim failed")
+            else:
+                IMAGE_BYTES.set(result.usage_bytes)
+                IMAGE_EVICTIONS.inc(len(result.evicted))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.image_trim_interval):
+                    await images.trim_requested()
+
+    def _recorded_images(self) -> set[str]:
+        """Digests that container instance records name (the image store's pin source for instances
+        started before their driver recorded the digest itself; blocking)."""
+        return {
+            str(record.state["digest"])
+            for record in self.records.load_all().values()
+            if record.driver == "container" and isinstance(record.state.get("digest"), str)
+        }
+
     # Reporting ----------------------------------------------------------------------------------------
 
     async def _report(self, instance_id: str, report: InstanceStatusReport) -> int | None:
@@ -419,7 +466,3 @@ class Agent:
     async def shutdown(self) -> None:
         """Leave instances running: a restarted riklet adopts them."""
         RUNNERS.set(0)
-
-
-def _tree_size(directory: Path) -> int:
-    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())

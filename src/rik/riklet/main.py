@@ -26,6 +26,7 @@ from rik.riklet.records import RecordStore
 from servicekit import logs
 
 log = logging.getLogger(__name__)
+MIB = 1024 * 1024
 
 
 def detect_address() -> str:
@@ -78,6 +79,12 @@ def main(argv: list[str] | None = None) -> None:
         help="guest kernel and initramfs for VMs, provisioned once and shared by the riklets of a machine",
     )
     parser.add_argument("--vm-disk-cache", type=int, default=8192, help="MiB of cached VM root disks")
+    parser.add_argument(
+        "--image-cache",
+        type=int,
+        default=10240,
+        help="MiB of pulled and unpacked OCI images; least recently used images no instance uses are evicted",
+    )
     parser.add_argument("--no-vm", action="store_true", help="offer no VMs (no guest kernel is provisioned)")
     parser.add_argument("--vm-accel", choices=["kvm", "tcg"], default=None, help="skip the acceleration probe")
     parser.add_argument("--log-level", default=os.environ.get("RIK_LOG_LEVEL", "INFO"))
@@ -105,10 +112,12 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     subnet_file = data_dir / "subnet"
+    images = ImageStore(
+        data_dir / "images", insecure_registries=args.insecure_registry, limit_bytes=args.image_cache * MIB
+    )
 
     def node_parts(subnet: IPv4Network) -> tuple[NodeNetwork, ContainerDriver, VMDriver]:
         network = NodeNetwork(args.bridge, subnet, data_dir / "network", host_address=address)
-        images = ImageStore(data_dir / "images", insecure_registries=args.insecure_registry)
         container = ContainerDriver(data_dir / "containers", network, images, runtime=args.container_runtime)
         vm = VMDriver(
             data_dir / "vms",
@@ -134,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         network, container, vm = node_parts(IPv4Network(subnet_file.read_text().strip()))
         asyncio.run(teardown(settings, network, {"container": container, "vm": vm}, container, vm))
         return
-    asyncio.run(serve(settings, args.controller, build_drivers, host or "0.0.0.0", int(port)))
+    asyncio.run(serve(settings, args.controller, build_drivers, host or "0.0.0.0", int(port), images))
 
 
 async def teardown(
@@ -164,9 +173,16 @@ async def teardown(
     log.info("node torn down", extra={"node": settings.name})
 
 
-async def serve(settings: RikletSettings, controller: str, build_drivers: DriverFactory, host: str, port: int) -> None:
+async def serve(
+    settings: RikletSettings,
+    controller: str,
+    build_drivers: DriverFactory,
+    host: str,
+    port: int,
+    images: ImageStore | None = None,
+) -> None:
     async with RikClient(controller) as client:
-        agent = Agent(settings, client, build_drivers)
+        agent = Agent(settings, client, build_drivers, images)
         server = uvicorn.Server(
             uvicorn.Config(create_app(agent), host=host, port=port, log_config=None, access_log=False)
         )

@@ -77,6 +77,21 @@ def build_busybox_image(root: Path, tag: str = "t") -> str:
     return f"oci:{layout}:{tag}"
 
 
+def derive_image(base: str, tag: str, files: dict[str, bytes]) -> str:
+    """Add one layer with `files` (paths relative to the root) to the `oci:` image `base`, tagged `tag` in
+    the same layout; return its reference. Images derived from one base share the base's layers."""
+    layout = Path(base.split(":")[1])
+    bundle = layout.parent / f"bundle-{tag}"
+    _umoci("unpack", "--image", base.removeprefix("oci:"), str(bundle))
+    for name, data in files.items():
+        path = bundle / "rootfs" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    _umoci("repack", "--image", f"{layout}:{tag}", str(bundle))
+    shutil.rmtree(bundle)
+    return f"oci:{layout}:{tag}"
+
+
 def _require_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")

@@ -22,7 +22,7 @@ async def test_the_run_directory_outlives_every_start_in_progress(tmp_path: Path
     made = asyncio.Event()
     launch = asyncio.Event()
 
-    async def starting(request: InstanceRequest, progress: Any) -> Any:
+    async def starting(request: InstanceRequest, progress: Any, leases: Any) -> Any:
         run_dir.mkdir(parents=True, exist_ok=True)
         made.set()
         await launch.wait()

@@ -7,6 +7,7 @@ Per instance, under `<state_dir>/instances/<container id>/`::
     bundle/          config.json (from umoci's, with our process, netns and limits)
     container.log    the container's stdout+stderr (and the runtime's own errors)
     pid              the container's init pid
+    instance.json    the instance id and its image's digest (which pins the image in the image store)
 
 Every name is derived from the instance id, so `destroy` cleans up from the id alone, even when
 `start` failed before any state was returned.
@@ -111,6 +112,7 @@ class ContainerDriver:
         self._runtime: OCIRuntime | None = None
         self._runtime_error: str | None = None
         self._runtime_lock = asyncio.Lock()
+        images.add_pins(self.images_in_use)
 
     # Runtime detection ------------------------------------------------------------------------------------
 
@@ -163,14 +165,26 @@ class ContainerDriver:
 
     async def start(self, request: InstanceRequest, progress: ProgressCallback) -> Handle:
         runtime = await self._ensure_runtime()
+        # The image's lease ends only once `instance.json` names its digest (see `images_in_use`), or the
+        # start failed and everything is removed again: no trim of the image store falls in between.
+        async with contextlib.AsyncExitStack() as leases:
+            return await self._start(request, progress, runtime, leases)
+
+    async def _start(
+        self,
+        request: InstanceRequest,
+        progress: ProgressCallback,
+        runtime: OCIRuntime,
+        leases: contextlib.AsyncExitStack,
+    ) -> Handle:
         paths = self._paths(request.id)
         spec = request.spec
         try:
-            image = await self._images.pull(spec.image, progress)
+            image = await leases.enter_async_context(self._images.lease(spec.image, progress))
             await progress("Creating", f"creating container from {image.digest}")
             attachment = await self._network.attach(request.id)
             hostname = request.id[:63]
-            await asyncio.to_thread(self._prepare_directories, paths, request.id)
+            await asyncio.to_thread(self._prepare_directories, paths, request.id, image.digest)
             await asyncio.to_thread(write_network_files, paths.upper, image.rootfs, hostname, attachment.ip)
             await mount_overlay(image.rootfs, paths.upper, paths.work, paths.rootfs)
             args = process_args(spec, image.config)
@@ -294,10 +308,25 @@ class ContainerDriver:
     def _cgroups_path(self, paths: _InstancePaths) -> str:
         return f"/{self._cgroup_parent}/{paths.container_id}"
 
-    def _prepare_directories(self, paths: _InstancePaths, instance_id: str) -> None:
+    def _prepare_directories(self, paths: _InstancePaths, instance_id: str, digest: str) -> None:
         for directory in (paths.upper, paths.work, paths.rootfs, paths.bundle):
             directory.mkdir(parents=True, exist_ok=True)
-        (paths.directory / "instance.json").write_text(json.dumps({"id": instance_id}))
+        (paths.directory / "instance.json").write_text(json.dumps({"id": instance_id, "digest": digest}))
+
+    def images_in_use(self) -> set[str]:
+        """Digests of the images whose bundles containers on disk use as their lower layer (blocking).
+
+        Registered with the image store as a pin source: an instance directory lives from before the
+        overlay is mounted until after it is unmounted, and names its image's digest from the start.
+        """
+        used: set[str] = set()
+        if self._instances_dir.is_dir():
+            for directory in self._instances_dir.iterdir():
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    digest = json.loads((directory / "instance.json").read_text()).get("digest")
+                    if isinstance(digest, str):
+                        used.add(digest)
+        return used
 
     async def _wait_serving(self, pid: int, ip: str, port: int | None, paths: _InstancePaths) -> None:
         """Until the first declared TCP port accepts connections (without one: until the process has lived

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import httpx
 
+from rik.diskusage import tree_bytes
 from rik.drivers.base import DriverError
 from rik.drivers.process import resolv_conf
 from rik.drivers.vm._assets import guest_script
@@ -204,7 +205,7 @@ class DiskCache:
             root = staging / "root"
             await _copy_tree(image.rootfs, root)
             await asyncio.to_thread(self._inject, root)
-            content = await asyncio.to_thread(_tree_bytes, root)
+            content = await asyncio.to_thread(tree_bytes, root)
             needed = math.ceil(content * 1.25 / MIB) + _MIN_HEADROOM_MIB
             if size_mib is not None and size_mib < needed:
                 raise DriverError(
@@ -334,20 +335,6 @@ async def _checked(reason: str, what: str, *argv: str) -> str:
 def _read_head(path: Path, count: int) -> bytes:
     with path.open("rb") as data:
         return data.read(count)
-
-
-def _tree_bytes(root: Path) -> int:
-    """Bytes the files under `root` occupy (hard links counted once), rounded up to 4 KiB blocks."""
-    seen: set[int] = set()
-    total = 0
-    for directory, dirs, files in os.walk(root):
-        for name in [*dirs, *files]:
-            st = os.lstat(os.path.join(directory, name))
-            if st.st_ino in seen:
-                continue
-            seen.add(st.st_ino)
-            total += (st.st_size + 4095) // 4096 * 4096
-    return total
 
 
 def _remove(path: Path) -> None:

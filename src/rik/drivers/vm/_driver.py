@@ -182,12 +182,17 @@ class VMDriver:
     async def start(self, request: InstanceRequest, progress: ProgressCallback) -> Handle:
         self._launches += 1
         try:
-            return await self._start(request, progress)
+            # An image is leased across the start: its bundle is needed until the root disk is built and
+            # the image's own kernel (if any) copied; a running VM no longer uses it.
+            async with contextlib.AsyncExitStack() as leases:
+                return await self._start(request, progress, leases)
         finally:
             self._launches -= 1
             self._tidy_run_dir()
 
-    async def _start(self, request: InstanceRequest, progress: ProgressCallback) -> Handle:
+    async def _start(
+        self, request: InstanceRequest, progress: ProgressCallback, leases: contextlib.AsyncExitStack
+    ) -> Handle:
         kernel, accel = await self._ensure_ready()
         spec = request.spec
         paths = self._paths(request.id)
@@ -202,7 +207,7 @@ class VMDriver:
                 await progress("BuildingDisk", f"root disk from {spec.image}")
                 base = await self._disks.raw_disk(spec.image, vm.disk_size if vm else None)
             else:
-                image = await self._images.pull(spec.image, progress)
+                image = await leases.enter_async_context(self._images.lease(spec.image, progress))
                 config, digest = image.config, image.digest
                 if not process_args(spec, config):
                     raise DriverError("NoCommand", "neither the spec nor the image defines a command (entrypoint/cmd)")
