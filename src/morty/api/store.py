@@ -681,8 +681,18 @@ async def resolve(session: AsyncSession, ref: str) -> Resolution:
 
 
 async def record_invocations(session: AsyncSession, batch: InvocationBatch) -> BatchResult:
+    """Store a batch; records of functions that do not exist (or are deleted meanwhile) are dropped.
+
+    The functions' rows are share-locked (`FOR KEY SHARE` on PostgreSQL): a concurrent `delete_function`
+    either waits for this batch and then deletes its records too, or commits first and its records are
+    dropped here. Without the lock the batch's inserts failed on the foreign key, and the whole batch
+    (other functions' records included) was refused."""
     names = {record.function for record in batch.records}
-    found = await session.execute(select(FunctionRow.name, FunctionRow.id).where(FunctionRow.name.in_(names)))
+    found = await session.execute(
+        select(FunctionRow.name, FunctionRow.id)
+        .where(FunctionRow.name.in_(names))
+        .with_for_update(read=True, key_share=True)
+    )
     ids = {name: function_id for name, function_id in found}
     wanted = [record.id for record in batch.records]
     seen = set((await session.scalars(select(InvocationRow.id).where(InvocationRow.id.in_(wanted)))).all())
