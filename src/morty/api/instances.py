@@ -132,19 +132,32 @@ class Instances:
             if (running or 0) + self._pending[function.id] >= function.max_instances:
                 raise Busy(f"function {name!r} already runs max_instances={function.max_instances} instances")
             self._pending[function.id] += 1
+        # Counted as pending until the instance is recorded (or has failed): the reconcile must not adopt an
+        # instance that runs but is not recorded yet.
+        key = version.deployment_key
+        try:
+            row = await self._start_and_record(name, function, version, key)
+        finally:
+            self._pending[function.id] -= 1
+        RUNNING.inc()
+        await self._run_hooks(self.after_start, Placed(name, key, row.id, row.host, row.port, row.start_path))
+        log.info(
+            "instance ready",
+            extra={"function": name, "version": version.version, "instance": row.id, "path": row.start_path,
+                   "provision_ms": row.provision_ms},
+        )  # fmt: skip
+        return _instance(name, version.version, row, function.idle_timeout_seconds)
+
+    async def _start_and_record(self, name: str, function: FunctionRow, version: VersionRow, key: str) -> InstanceRow:
         started = time.perf_counter()
         try:
-            endpoint = await self._orchestrator.start_instance(
-                version.deployment_key, within=self.settings.provision_timeout
-            )
+            endpoint = await self._orchestrator.start_instance(key, within=self.settings.provision_timeout)
         except OrchestratorUnavailable as exc:
             PROVISIONS.labels("unavailable", "").inc()
             raise Unavailable(f"the orchestrator is unavailable: {exc.message}") from None
         except OrchestratorError as exc:
             PROVISIONS.labels("failed", "").inc()
             raise Unavailable(f"no instance of {name} {version.version}: {exc.reason}: {exc.message}") from None
-        finally:
-            self._pending[function.id] -= 1
         elapsed = time.perf_counter() - started
         PROVISIONS.labels("ready", endpoint.path.value).inc()
         PROVISION_SECONDS.labels(endpoint.path.value).observe(elapsed)
@@ -168,19 +181,9 @@ class Instances:
                     raise NotFound(f"function {name!r} was deleted while its instance started")
                 await session.merge(row)
         except MortyError:
-            await self._orchestrator.stop_instance(version.deployment_key, endpoint.instance_id)
+            await self._orchestrator.stop_instance(key, endpoint.instance_id)
             raise
-        RUNNING.inc()
-        await self._run_hooks(
-            self.after_start,
-            Placed(name, version.deployment_key, row.id, row.host, row.port, row.start_path),
-        )
-        log.info(
-            "instance ready",
-            extra={"function": name, "version": version.version, "instance": row.id, "path": row.start_path,
-                   "provision_ms": row.provision_ms},
-        )  # fmt: skip
-        return _instance(name, version.version, row, function.idle_timeout_seconds)
+        return row
 
     async def of_function(self, name: str) -> list[Instance]:
         async with self._db.read() as session:
@@ -404,8 +407,9 @@ class Instances:
         if not adopted and not gone and not moved:
             return
         async with self._db.transaction() as session:
-            for row in adopted:
-                await session.merge(row)
+            # Read again here: an instance recorded since `recorded` was read is its provisioner's.
+            adopted = [row for row in adopted if await session.get(InstanceRow, row.id) is None]
+            session.add_all(adopted)
             if gone:
                 await session.execute(delete(InstanceRow).where(InstanceRow.id.in_(gone)))
             for row, host, port in moved:

@@ -418,3 +418,35 @@ async def test_the_instance_a_redeploy_boots_for_its_snapshot_is_not_adopted(mor
         await morty.instances.reconcile()
         listed = (await api.get("/v1/functions/hello/instances")).json()["items"]
         assert [(i["id"], i["start_path"]) for i in listed] == [("snapshot-boot", "adopted")]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_an_instance_started_but_not_yet_recorded_is_its_provisioners(morty_factory: MortyFactory) -> None:
+    """The platform's leak check found it: the reconcile adopted an instance whose provisioning had started
+    it but not yet recorded it, and the provisioning then failed with a duplicate key (409). Holding the
+    writers' lock (SQLite's) stops the provisioning right there while the reconcile looks."""
+    fake = FakeOrchestrator()
+    async with morty_factory(orchestrator=fake, **SLOW_TICK) as api:
+        morty = _morty(api)
+        await create_function(api, "hello")
+        await ready_version(api, "hello", "1.0.0")
+        [key] = fake.specs
+        listed = asyncio.Event()
+        list_instances = fake.instances
+
+        async def instances(key: str) -> list[InstanceEndpoint]:
+            found = await list_instances(key)
+            listed.set()
+            return found
+
+        fake.instances = instances  # type: ignore[method-assign]
+        async with morty.db.serialised():
+            provisioning = asyncio.create_task(morty.instances.provision("hello"))
+            while not fake.running.get(key):
+                await asyncio.sleep(0.01)
+            reconciling = asyncio.create_task(morty.instances.reconcile())
+            await listed.wait()  # the reconcile has looked at what runs and decided
+        instance = await provisioning
+        await reconciling
+        [recorded] = (await api.get("/v1/functions/hello/instances")).json()["items"]
+        assert (recorded["id"], recorded["start_path"]) == (instance.id, "restored"), "adopted, not provisioned"
